@@ -1,0 +1,12 @@
+"""The meta step: learner, methods, engines and the FaMUS sampler."""
+
+from famus.meta.engines import ENGINES, STAGES, Engine, MetaBatch, MetaResult, build_engine
+from famus.meta.layers import LayerInfo, layer_infos, layers
+from famus.meta.learner import MetaLearner, StepStats
+from famus.meta.methods import L2R, METHODS, MetaMethod, MWNet, build_method
+
+__all__ = [
+    "ENGINES", "STAGES", "Engine", "MetaBatch", "MetaResult", "build_engine",
+    "LayerInfo", "layer_infos", "layers", "MetaLearner", "StepStats",
+    "L2R", "METHODS", "MetaMethod", "MWNet", "build_method",
+]

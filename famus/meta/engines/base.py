@@ -1,0 +1,160 @@
+"""The one small interface every meta-gradient engine implements."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from famus.meta.layers import LayerInfo
+from famus.meta.methods import MetaMethod
+from famus.registry import Registry
+
+ENGINES: Registry[type[Engine]] = Registry("engine")
+
+STAGES = (
+    "virtual_forward",
+    "virtual_backward",
+    "meta_forward",
+    "meta_backward",
+    "actual_forward",
+    "actual_backward",
+)
+
+
+class StageTimer:
+    """Wall time between marks; synchronizes CUDA so GPU stages are timed honestly."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.times: dict[str, float] = {}
+        self._sync()
+        self._t = time.perf_counter()
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def mark(self, stage: str) -> None:
+        """Charge the time since the last mark to ``stage`` (accumulating)."""
+        self._sync()
+        now = time.perf_counter()
+        self.times[stage] = self.times.get(stage, 0.0) + now - self._t
+        self._t = now
+
+
+@dataclass
+class MetaBatch:
+    """Everything an engine needs for one meta step.
+
+    Attributes:
+        model: the base model (its live parameters are in ``params``).
+        params: parameter name -> live parameter (requires grad).
+        buffers: buffer name -> CLONED buffer; engines may let BN write into them.
+        lrs: parameter name -> virtual-step learning rate alpha.
+        x, y: training batch ``(n, ...)``, ``(n,)``.
+        x_meta, y_meta: meta batch ``(m, ...)``, ``(m,)``.
+        method: the meta-learning method.
+        theta: meta parameters (leaf tensors) the meta gradient is taken for.
+        layers: parameterised layers in forward order.
+    """
+
+    model: nn.Module
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    lrs: dict[str, float]
+    x: Tensor
+    y: Tensor
+    x_meta: Tensor
+    y_meta: Tensor
+    method: MetaMethod
+    theta: dict[str, Tensor]
+    layers: list[LayerInfo]
+
+
+@dataclass
+class MetaResult:
+    """What an engine returns.
+
+    Attributes:
+        meta_grads: meta parameter name -> gradient (same shapes as ``theta``).
+        sampler_grads: sampler parameter name -> gradient, for engines with samplers.
+        gates: layer name -> 0-d tensor, 1.0 where the layer contributed (samplers' layers and pinned ones).
+        meta_loss: ``L_c``, 0-d, detached.
+        train_loss: the Virtual-Train weighted loss, 0-d, detached.
+        weights: Virtual-Train coefficients ``c`` ``(n,)``, detached.
+        aux: other detached scalars (``loss_r``, ``loss_g``).
+        times: stage name -> seconds, for the four meta stages.
+    """
+
+    meta_grads: dict[str, Tensor]
+    sampler_grads: dict[str, Tensor] | None = None
+    gates: dict[str, Tensor] | None = None
+    meta_loss: Tensor | None = None
+    train_loss: Tensor | None = None
+    weights: Tensor | None = None
+    aux: dict[str, Tensor] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+
+
+class Engine:
+    """Base class of meta-gradient engines.
+
+    Subclasses implement :meth:`compute`. Engines with learned state (FaMUS samplers)
+    also implement :meth:`bind`, :meth:`apply`, :meth:`state_dict` and
+    :meth:`load_state_dict`.
+    """
+
+    name = "base"
+
+    def bind(self, layers: list[LayerInfo], device: torch.device, dtype: torch.dtype) -> None:
+        """Called once, when the learner knows the model's layers."""
+        self.layer_infos = layers
+
+    def compute(
+        self, batch: MetaBatch, generator: torch.Generator, layers: list[str] | None = None
+    ) -> MetaResult:
+        """The meta gradient for one batch.
+
+        Args:
+            batch: the step's data, parameters and method.
+            generator: CPU generator for any randomness (gates, layer draws).
+            layers: when given, only these layers contribute (fixed; no sampler).
+        """
+        raise NotImplementedError
+
+    def apply(self, result: MetaResult) -> None:
+        """Update the engine's own learned state (FaMUS samplers) after a step."""
+
+    def parameters(self) -> list[Tensor]:
+        """Learned parameters of the engine (FaMUS samplers), if any."""
+        return []
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def select_layers(infos: list[LayerInfo], wanted: list[str], what: str = "layers") -> set[str]:
+    """Names of layers in ``infos`` matching ``wanted`` (exact names or module prefixes).
+
+    ``"layer3.4"`` selects every layer inside the module ``layer3.4``; an unknown
+    entry is an error listing the valid layer names.
+    """
+    names = [i.name for i in infos]
+    out: set[str] = set()
+    for w in wanted:
+        hit = [n for n in names if n == w or n.startswith(w + ".") or w == ""]
+        if not hit:
+            raise ValueError(f"unknown {what} entry {w!r}; valid layers: {', '.join(names)}")
+        out.update(hit)
+    return out
+
+
+def build_engine(name: str, **options) -> Engine:
+    """An engine by registry name, e.g. ``build_engine("famus", k=4)``."""
+    return ENGINES.get(name)(**options)

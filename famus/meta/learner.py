@@ -1,0 +1,317 @@
+"""``MetaLearner``: the three-stage meta-learning iteration for any ``nn.Module`` classifier."""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from famus.meta.engines import STAGES, Engine, MetaBatch, MetaResult, build_engine
+from famus.meta.engines.base import ENGINES, StageTimer
+from famus.meta.layers import LayerInfo, layer_infos
+from famus.meta.methods import METHODS, MetaMethod
+
+
+@dataclass
+class StepStats:
+    """What one :meth:`MetaLearner.step` did. Tensors are detached; nothing is synced.
+
+    Attributes:
+        weights: ``(n,)`` coefficients of the Actual-Train loss ``sum_i weights_i * L_i``.
+        train_loss: 0-d, the Actual-Train weighted loss.
+        meta_loss: 0-d, ``L_c`` on the meta batch after the virtual step.
+        gates: layer name -> 0-d tensor, 1.0 where the layer contributed (FaMUS/block/random).
+        times: seconds for each of the six stages of the paper's Fig. 1b.
+        aux: further detached scalars (``loss_r``, ``loss_g``).
+    """
+
+    weights: Tensor
+    train_loss: Tensor
+    meta_loss: Tensor
+    gates: dict[str, Tensor] | None
+    times: dict[str, float]
+    aux: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def iteration_s(self) -> float:
+        return sum(self.times.values())
+
+    def to_dict(self) -> dict:
+        """Plain Python numbers (syncs; call when logging)."""
+        out = {"train_loss": float(self.train_loss), "meta_loss": float(self.meta_loss), **self.times}
+        out.update({k: float(v) for k, v in self.aux.items()})
+        if self.gates is not None:
+            out["gates"] = {k: float(v) for k, v in self.gates.items()}
+        return out
+
+
+def _split_options(options: dict, targets: dict[str, type]) -> dict[str, dict]:
+    """Route keyword options to the constructor that accepts them."""
+    accepted = {k: set(inspect.signature(cls.__init__).parameters) - {"self"} for k, cls in targets.items()}
+    out: dict[str, dict] = {k: {} for k in targets}
+    for key, value in options.items():
+        owners = [k for k, names in accepted.items() if key in names]
+        if not owners:
+            valid = sorted(set().union(*accepted.values()))
+            raise TypeError(f"unknown option {key!r}; valid options here: {', '.join(valid) or '(none)'}")
+        out[owners[0]][key] = value
+    return out
+
+
+class MetaLearner:
+    """Meta-learning for any classifier: Virtual-Train, Meta-Train, Actual-Train (Eq. 3-5).
+
+    Args:
+        model: any ``nn.Module`` mapping ``(n, ...)`` inputs to ``(n, C)`` logits. It needs no
+            famus code: the virtual and meta passes use ``torch.func.functional_call``.
+        optimizer: the base model's optimizer; its current learning rate is alpha.
+        method: ``"mwnet"`` or ``"l2r"`` (see ``famus.meta.methods.METHODS``), or a ``MetaMethod``.
+        meta_grad: engine name (``"exact"``, ``"famus"``, ``"block"``, ``"random"``, ...) or an ``Engine``.
+        seed: seed of the learner's own generator (gates, random layers).
+        **options: options of the method (e.g. ``meta_lr``, ``normalize``) or of the engine
+            (e.g. ``k``, ``temperature``, ``candidates``); an unknown one is an error.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        method: str | MetaMethod = "mwnet",
+        meta_grad: str | Engine = "exact",
+        *,
+        seed: int = 0,
+        **options,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        first = next((p for p in model.parameters() if p.requires_grad), None)
+        if first is None:
+            raise ValueError(f"{type(model).__name__} has no trainable parameters; famus needs a model to train")
+        self.model = model
+        self.optimizer = optimizer
+        targets: dict[str, type] = {}
+        if isinstance(method, str):
+            targets["method"] = METHODS.get(method)
+        if isinstance(meta_grad, str):
+            targets["engine"] = ENGINES.get(meta_grad)
+        if options and not targets:
+            raise TypeError(f"options {sorted(options)} given, but method and engine are already built")
+        routed = _split_options(options, targets)
+        self.method: MetaMethod = method if isinstance(method, MetaMethod) else targets["method"](**routed["method"])
+        self.engine: Engine = meta_grad if isinstance(meta_grad, Engine) else targets["engine"](**routed["engine"])
+        self.engine_name = meta_grad if isinstance(meta_grad, str) else meta_grad.name
+        self.device, self.dtype = first.device, first.dtype
+        self.method.to(self.device, self.dtype)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.layer_infos: list[LayerInfo] | None = None
+        self.num_classes: int | None = None
+        self._engines: dict[str, Engine] = {self.engine_name: self.engine}
+        self.steps = 0
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def meta_model(self) -> nn.Module | None:
+        """The meta model (MW-Net's weighting MLP), or ``None`` for L2R."""
+        return self.method.meta_model
+
+    def _bind(self, x: Tensor) -> None:
+        if self.layer_infos is not None:
+            return
+        example = x[: min(2, x.shape[0])]
+        self.layer_infos = layer_infos(self.model, example)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            state = {**dict(self.model.named_parameters()), **self._buffers()}
+            out = torch.func.functional_call(self.model, state, (example,))
+        if out.dim() != 2:
+            raise ValueError(f"the model must return (batch, classes) logits, got shape {tuple(out.shape)}")
+        self.num_classes = out.shape[1]
+        self.engine.bind(self.layer_infos, self.device, self.dtype)
+
+    def _engine(self, name: str | None) -> Engine:
+        if name is None:
+            return self.engine
+        if name not in self._engines:
+            eng = build_engine(name)
+            eng.bind(self.layer_infos, self.device, self.dtype)
+            self._engines[name] = eng
+        return self._engines[name]
+
+    def _buffers(self) -> dict[str, Tensor]:
+        # clones: BN in train mode writes running stats into whatever it is given
+        return {n: b.clone() for n, b in self.model.named_buffers()}
+
+    def _lrs(self) -> dict[str, float]:
+        by_id = {}
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                by_id[id(p)] = group["lr"]
+        return {n: by_id.get(id(p), self.optimizer.param_groups[0]["lr"]) for n, p in self.model.named_parameters()}
+
+    def _validate(self, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor) -> None:
+        for name, t in (("x", x), ("y", y), ("x_meta", x_meta), ("y_meta", y_meta)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        for xs, ys, what in ((x, y, "training"), (x_meta, y_meta, "meta")):
+            if ys.dim() != 1:
+                raise ValueError(f"{what} labels must be 1-D class indices, got shape {tuple(ys.shape)}")
+            if xs.shape[0] != ys.shape[0]:
+                raise ValueError(
+                    f"mismatched {what} batch: inputs have {xs.shape[0]} examples but labels have {ys.shape[0]}"
+                )
+            if xs.shape[0] == 0:
+                raise ValueError(f"the {what} batch is empty")
+            if ys.dtype != torch.long:
+                raise TypeError(f"{what} labels must be int64 (torch.long), got {ys.dtype}")
+        self._bind(x)
+        c = self.num_classes
+        bad = (y < 0) | (y >= c)
+        bad_m = (y_meta < 0) | (y_meta >= c)
+        if bool(bad.any() | bad_m.any()):
+            which = y[bad] if bool(bad.any()) else y_meta[bad_m]
+            raise ValueError(f"labels out of range: got {which[:5].tolist()}, the model has {c} classes (0..{c - 1})")
+
+    def _batch(self, x, y, x_meta, y_meta, theta=None) -> MetaBatch:
+        return MetaBatch(
+            model=self.model,
+            params=dict(self.model.named_parameters()),
+            buffers=self._buffers(),
+            lrs=self._lrs(),
+            x=x,
+            y=y,
+            x_meta=x_meta,
+            y_meta=y_meta,
+            method=self.method,
+            theta=theta if theta is not None else self.method.meta_params(x.shape[0], next(self.model.parameters())),
+            layers=self.layer_infos,
+        )
+
+    @contextmanager
+    def _no_side_effects(self):
+        """Keep the train mode, global RNG and learner generator as they were."""
+        was_training = self.model.training
+        gen_state = self.generator.get_state()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            try:
+                yield
+            finally:
+                self.generator.set_state(gen_state)
+                self.model.train(was_training)
+
+    # ------------------------------------------------------------------ public API
+    def step(self, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor) -> StepStats:
+        """One meta-learning iteration: Virtual-Train, Meta-Train, Actual-Train.
+
+        Args:
+            x: training inputs ``(n, ...)``; y: noisy labels ``(n,)`` int64.
+            x_meta: meta inputs ``(m, ...)``; y_meta: trusted labels ``(m,)`` int64.
+        """
+        self._validate(x, y, x_meta, y_meta)
+        self.model.train()
+        res: MetaResult = self.engine.compute(self._batch(x, y, x_meta, y_meta), self.generator)
+        timer = StageTimer(x.device)
+        self.method.apply(res.meta_grads)
+        self.engine.apply(res)
+        timer.mark("meta_backward")  # the meta optimizers' steps belong to Meta-Train
+        logits = self.model(x)
+        loss, c = self.method.actual_loss(logits, y, res.meta_grads)
+        timer.mark("actual_forward")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        timer.mark("actual_backward")
+        times = {s: res.times.get(s, 0.0) + timer.times.get(s, 0.0) for s in STAGES}
+        self.steps += 1
+        return StepStats(
+            weights=c.detach(),
+            train_loss=loss.detach(),
+            meta_loss=res.meta_loss,
+            gates=res.gates,
+            times=times,
+            aux=res.aux,
+        )
+
+    def meta_gradient(
+        self,
+        x: Tensor,
+        y: Tensor,
+        x_meta: Tensor,
+        y_meta: Tensor,
+        meta_grad: str | None = None,
+        layers: list[str] | None = None,
+        include_samplers: bool = False,
+    ) -> dict[str, Tensor]:
+        """The meta gradient at the current state, changing no state at all.
+
+        Args:
+            meta_grad: engine name (default: the learner's own engine).
+            layers: when given, only these layers (names or module prefixes) contribute.
+            include_samplers: also return FaMUS sampler gradients, keyed ``"sampler:<name>"``.
+
+        Returns:
+            Meta parameter name -> gradient (for L2R: ``{"eps": (n,)}``).
+        """
+        self._validate(x, y, x_meta, y_meta)
+        engine = self._engine(meta_grad)
+        with self._no_side_effects():
+            self.model.train()
+            res = engine.compute(self._batch(x, y, x_meta, y_meta), self.generator, layers=layers)
+        out = {k: v.detach() for k, v in res.meta_grads.items()}
+        if include_samplers and res.sampler_grads:
+            out.update({f"sampler:{k}": v.detach() for k, v in res.sampler_grads.items()})
+        return out
+
+    def meta_loss(
+        self, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor, meta_params: dict[str, Tensor] | None = None
+    ) -> float:
+        """``L_c``: the meta-batch loss after the virtual step, changing no state.
+
+        Args:
+            meta_params: optional override of the meta parameters (same names and shapes as
+                :meth:`meta_gradient` returns), e.g. for finite-difference checks.
+        """
+        self._validate(x, y, x_meta, y_meta)
+        with self._no_side_effects():
+            self.model.train()
+            batch = self._batch(x, y, x_meta, y_meta)
+            theta = {k: v.detach() for k, v in batch.theta.items()}
+            if meta_params is not None:
+                unknown = set(meta_params) - set(theta)
+                if unknown:
+                    raise ValueError(f"unknown meta parameters {sorted(unknown)}; valid: {sorted(theta)}")
+                theta.update(meta_params)
+            logits = torch.func.functional_call(self.model, {**batch.params, **batch.buffers}, (x,))
+            loss, _ = self.method.loss(logits, y, theta)
+            names = list(batch.params)
+            grads = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True)
+            with torch.no_grad():
+                w_hat = {
+                    n: p if g is None else p - batch.lrs[n] * g for n, p, g in zip(names, batch.params.values(), grads)
+                }
+                out = torch.func.functional_call(self.model, {**w_hat, **batch.buffers}, (x_meta,))
+                return float(torch.nn.functional.cross_entropy(out, y_meta))
+
+    def state_dict(self) -> dict:
+        """Meta model, meta optimizer, engine state (samplers) and the generator."""
+        return {
+            "method": self.method.state_dict(),
+            "engine": self.engine.state_dict(),
+            "generator": self.generator.get_state(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        if state.get("engine"):
+            if self.layer_infos is None:
+                raise RuntimeError("load_state_dict of a FaMUS learner needs one batch first: call learner.bind(x)")
+            self.engine.load_state_dict(state["engine"])
+        self.generator.set_state(state["generator"])
+        self.steps = state.get("steps", 0)
+
+    def bind(self, x: Tensor) -> None:
+        """Trace the model's layers on an example batch ``x`` (done on the first step anyway)."""
+        self._bind(x)

@@ -1,0 +1,208 @@
+"""Meta-learning methods: how meta parameters turn per-example losses into a training loss.
+
+A method supplies the training objective of the Virtual-Train and Actual-Train stages
+as a function of the logits and the meta parameters ``theta``:
+
+    loss(logits, y, theta) -> (scalar weighted loss, per-example coefficients c (n,))
+
+with ``loss = sum_i c_i * L_i`` for the reweighting methods. Engines differentiate it;
+models never see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from famus.registry import Registry
+
+METHODS: Registry[type[MetaMethod]] = Registry("method")
+
+
+def _normalize(v: Tensor) -> Tensor:
+    """``v / sum(v)``, leaving an all-zero vector at zero (no host sync)."""
+    s = v.sum()
+    return v / torch.where(s != 0, s, torch.ones_like(s))
+
+
+class MetaMethod:
+    """Base class. Subclasses define the meta parameters and the training loss.
+
+    Attributes:
+        meta_model: the meta model (an ``nn.Module``) or ``None`` (L2R).
+    """
+
+    name = "base"
+    meta_model: nn.Module | None = None
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> MetaMethod:
+        """Move the meta model next to the base model."""
+        if self.meta_model is not None:
+            self.meta_model.to(device=device, dtype=dtype)
+        return self
+
+    def meta_params(self, n: int, like: Tensor) -> dict[str, Tensor]:
+        """Leaf tensors the meta gradient is taken with respect to.
+
+        Args:
+            n: training batch size.
+            like: a tensor with the model's dtype and device.
+        """
+        raise NotImplementedError
+
+    def loss(self, logits: Tensor, y: Tensor, theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Weighted training loss used by Virtual-Train.
+
+        Args:
+            logits: ``(n, C)`` model outputs.
+            y: ``(n,)`` int64 (noisy) labels.
+            theta: meta parameters, from :meth:`meta_params` or an override.
+
+        Returns:
+            ``(loss, c)``: the scalar loss ``sum_i c_i L_i`` and the coefficients ``c`` ``(n,)``.
+        """
+        raise NotImplementedError
+
+    def apply(self, meta_grads: dict[str, Tensor]) -> None:
+        """Update the meta parameters with a meta gradient (Eq. 4)."""
+
+    def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Actual-Train loss (Eq. 5) with the updated meta parameters; ``c`` is detached."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def default_mwnet(hidden: int = 100) -> nn.Module:
+    """MW-Net's meta model: ``Linear(1, hidden) - ReLU - Linear(hidden, 1) - Sigmoid``, ``(n, 1) -> (n, 1)``."""
+    return nn.Sequential(nn.Linear(1, hidden), nn.ReLU(inplace=False), nn.Linear(hidden, 1), nn.Sigmoid())
+
+
+@METHODS.register("mwnet")
+class MWNet(MetaMethod):
+    """Meta-Weight-Net (Shu et al. 2019): an MLP maps each example's loss to its weight.
+
+    Args:
+        meta_model: module mapping losses ``(n, 1)`` to weights ``(n, 1)``; default :func:`default_mwnet`.
+        hidden: hidden width of the default meta model.
+        meta_lr: learning rate of the meta optimizer (paper: 1e-3; long-tailed 1e-5).
+        meta_optimizer: ``"adam"`` (the reference code's), ``"sgd"``, or a callable
+            ``params -> torch.optim.Optimizer``.
+        meta_weight_decay: weight decay of the meta optimizer.
+        meta_momentum: momentum when ``meta_optimizer="sgd"``.
+        normalize: divide the batch's weights by their sum (the reference code; default on).
+    """
+
+    name = "mwnet"
+
+    def __init__(
+        self,
+        meta_model: nn.Module | None = None,
+        hidden: int = 100,
+        meta_lr: float = 1e-3,
+        meta_optimizer: str | Callable = "adam",
+        meta_weight_decay: float = 1e-4,
+        meta_momentum: float = 0.9,
+        normalize: bool = True,
+    ) -> None:
+        self.meta_model = meta_model if meta_model is not None else default_mwnet(hidden)
+        self.normalize = normalize
+        self._make_opt = meta_optimizer
+        self._opt_kw = dict(lr=meta_lr, weight_decay=meta_weight_decay, momentum=meta_momentum)
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> MWNet:
+        super().to(device, dtype)
+        params = list(self.meta_model.parameters())
+        kw = self._opt_kw
+        if callable(self._make_opt):
+            self.meta_optimizer = self._make_opt(params)
+        elif self._make_opt == "adam":
+            self.meta_optimizer = torch.optim.Adam(params, lr=kw["lr"], weight_decay=kw["weight_decay"])
+        elif self._make_opt == "sgd":
+            self.meta_optimizer = torch.optim.SGD(
+                params, lr=kw["lr"], weight_decay=kw["weight_decay"], momentum=kw["momentum"]
+            )
+        else:
+            raise ValueError(f"unknown meta_optimizer {self._make_opt!r}; valid: 'adam', 'sgd' or a callable")
+        return self
+
+    def meta_params(self, n: int, like: Tensor) -> dict[str, Tensor]:
+        return dict(self.meta_model.named_parameters())
+
+    def _coefficients(self, losses: Tensor, theta: dict[str, Tensor] | None) -> Tensor:
+        inp = losses.detach().unsqueeze(1)
+        v = self.meta_model(inp) if theta is None else functional_call(self.meta_model, theta, (inp,))
+        v = v.reshape(-1)
+        return _normalize(v) if self.normalize else v / v.numel()
+
+    def loss(self, logits: Tensor, y: Tensor, theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        losses = F.cross_entropy(logits, y, reduction="none")
+        c = self._coefficients(losses, theta)
+        return (c * losses).sum(), c
+
+    def apply(self, meta_grads: dict[str, Tensor]) -> None:
+        assert self.meta_optimizer is not None, "call .to(device, dtype) first"
+        for n, p in self.meta_model.named_parameters():
+            p.grad = meta_grads[n].detach().clone()
+        self.meta_optimizer.step()
+        self.meta_optimizer.zero_grad(set_to_none=True)
+
+    def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        losses = F.cross_entropy(logits, y, reduction="none")
+        with torch.no_grad():
+            c = self._coefficients(losses, None)
+        return (c * losses).sum(), c
+
+    def state_dict(self) -> dict:
+        return {
+            "meta_model": self.meta_model.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.meta_model.load_state_dict(state["meta_model"])
+        if self.meta_optimizer is not None and state.get("meta_optimizer") is not None:
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+
+
+@METHODS.register("l2r")
+class L2R(MetaMethod):
+    """Learning to Reweight (Ren et al. 2018): per-example perturbations ``eps`` set to 0 each step.
+
+    The meta gradient is ``dL_c/d eps`` (key ``"eps"``, shape ``(n,)``); the actual weights are
+    ``max(-dL_c/d eps, 0)``, normalized to sum 1 (all zero stays zero).
+    """
+
+    name = "l2r"
+
+    def meta_params(self, n: int, like: Tensor) -> dict[str, Tensor]:
+        return {"eps": torch.zeros(n, dtype=like.dtype, device=like.device, requires_grad=True)}
+
+    def loss(self, logits: Tensor, y: Tensor, theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        losses = F.cross_entropy(logits, y, reduction="none")
+        c = theta["eps"]
+        return (c * losses).sum(), c
+
+    @staticmethod
+    def weights(meta_grads: dict[str, Tensor]) -> Tensor:
+        """``(n,)`` normalized ``max(-grad, 0)``."""
+        return _normalize(torch.clamp(-meta_grads["eps"].detach(), min=0))
+
+    def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        losses = F.cross_entropy(logits, y, reduction="none")
+        c = self.weights(meta_grads).to(losses.dtype)
+        return (c * losses).sum(), c
+
+
+def build_method(name: str, **options) -> MetaMethod:
+    """A method by registry name, e.g. ``build_method("mwnet", meta_lr=1e-3)``."""
+    return METHODS.get(name)(**options)
