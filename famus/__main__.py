@@ -1,0 +1,5 @@
+import sys
+
+from famus.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""Typed run configuration: a dataclass, YAML files and command-line overrides.
+
+Config keys mirror the command-line flags (``--noise-rate`` is ``noise_rate``; hyphens
+are accepted in YAML too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. Defaults are a quick ``digits`` run."""
+
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    train_subset: int | None = None  # keep this many training examples (stratified), before the meta split
+    noise: str = "symmetric"  # symmetric, pair, asymmetric, matrix, file, none
+    noise_rate: float = 0.4
+    noise_options: dict[str, Any] = field(default_factory=dict)  # include_true, mapping, matrix, path, key
+    imbalance: float = 1.0  # long-tail imbalance factor IF (1 = balanced)
+    meta_per_class: int = 100  # clean meta examples per class, held out of training
+    augment: bool = True
+    # model
+    model: str = "small-resnet"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    # method
+    method: str = "mwnet"  # erm, l2r, mwnet
+    meta_grad: str = "exact"  # exact, famus, block, random, ...
+    method_options: dict[str, Any] = field(default_factory=dict)  # meta_lr, normalize, ...
+    engine_options: dict[str, Any] = field(default_factory=dict)  # k, temperature, candidates, ...
+    meta_batch_size: int | None = None  # default: batch_size
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    milestones: list[int] = field(default_factory=list)  # lr /= 1/gamma at these points
+    milestone_unit: str = "epoch"  # epoch or iter
+    gamma: float = 0.1
+    # run
+    seed: int = 1
+    out: str = "runs/run"
+    resume: bool = False
+    device: str = "cpu"  # cpu, cuda, auto
+    threads: int | None = None
+    eval_batch_size: int = 1000
+    metrics_format: str = "jsonl"  # jsonl or csv (jsonl is always written)
+    tensorboard: bool = False
+    progress: bool = True
+    log_every: int = 20
+
+    def validate(self) -> TrainConfig:
+        """Cheap checks with clear messages, before anything is loaded or written."""
+        if not 0.0 <= self.noise_rate <= 1.0:
+            raise ValueError(f"noise rate must be in [0, 1], got {self.noise_rate}; pass e.g. --noise-rate 0.4")
+        if self.imbalance < 1:
+            raise ValueError(f"imbalance factor must be >= 1, got {self.imbalance}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.meta_per_class < 0:
+            raise ValueError(f"meta_per_class must be >= 0, got {self.meta_per_class}")
+        if self.method != "erm" and self.meta_per_class == 0:
+            raise ValueError(f"method {self.method!r} needs a meta set: pass --meta-per-class k > 0")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.milestone_unit not in ("epoch", "iter"):
+            raise ValueError(f"milestone_unit must be 'epoch' or 'iter', got {self.milestone_unit!r}")
+        if self.metrics_format not in ("jsonl", "csv"):
+            raise ValueError(f"metrics_format must be 'jsonl' or 'csv', got {self.metrics_format!r}")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _key(k: str) -> str:
+    return k.replace("-", "_")
+
+
+def from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A config from ``data`` (keys with ``-`` or ``_``) over ``base``; unknown keys are errors."""
+    out = dataclasses.replace(base) if base is not None else TrainConfig()
+    for k, v in data.items():
+        key = _key(k)
+        if key not in FIELDS:
+            raise ValueError(f"unknown config key {k!r}; valid keys: {', '.join(sorted(FIELDS))}")
+        setattr(out, key, v)
+    return out
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a YAML config file (a mapping of config keys)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {str(p)!r} not found; see configs/ for examples")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(p)!r} must hold a mapping of config keys")
+    data.pop("base", None)
+    return from_dict(data, base)

@@ -1,0 +1,87 @@
+"""The run's data: subset, clean meta split, long tail, label noise; all in memory, all seeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from famus.data import Augmenter, NoiseResult, apply_noise, load_dataset, longtail_indices, meta_split
+from famus.data.split import stratified_split
+from famus.train.config import TrainConfig
+
+
+@dataclass
+class RunData:
+    """Tensors of one run, on the training device.
+
+    Attributes:
+        train_x: uint8 ``(N, C, H, W)``; train_y: noisy labels ``(N,)``; clean_y: true labels ``(N,)``
+            (used only for reporting); corrupted: bool ``(N,)``.
+        meta_x, meta_y: the clean meta set ``(M, C, H, W)``, ``(M,)``, disjoint from training.
+        test_x, test_y: the test split.
+        train_index: ``(N,)`` indices of the training examples in the dataset's training split.
+        meta_index: ``(M,)`` likewise for the meta set.
+    """
+
+    train_x: Tensor
+    train_y: Tensor
+    clean_y: Tensor
+    corrupted: Tensor
+    meta_x: Tensor
+    meta_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    train_index: Tensor
+    meta_index: Tensor
+    num_classes: int
+    augmenter: Augmenter
+    noise: NoiseResult
+    class_names: list[str] | None = None
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+    def class_counts(self) -> Tensor:
+        """``(C,)`` training examples per class (by clean label)."""
+        return torch.bincount(self.clean_y, minlength=self.num_classes).cpu()
+
+
+def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> RunData:
+    """Load and split the dataset for ``cfg``; independent of the method, so methods compare on identical data.
+
+    Order: optional stratified subset, clean meta split (``meta_per_class`` per class), long-tail
+    subsampling of the rest (imbalance ``IF``), then label noise on the training part only.
+    """
+    ds = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    labels = ds.train_y
+    idx = torch.arange(labels.numel())
+    if cfg.train_subset is not None and cfg.train_subset < labels.numel():
+        keep_frac = cfg.train_subset / labels.numel()
+        _, idx = stratified_split(labels, keep_frac, gen, ds.num_classes)
+    train_rel, meta_rel = meta_split(labels[idx], cfg.meta_per_class, gen, ds.num_classes)
+    meta_idx, idx = idx[meta_rel], idx[train_rel]
+    if cfg.imbalance > 1:
+        idx = idx[longtail_indices(labels[idx], cfg.imbalance, gen, num_classes=ds.num_classes)]
+    clean = labels[idx]
+    noise = apply_noise(cfg.noise, clean, cfg.noise_rate, ds.num_classes, gen, **cfg.noise_options)
+    dev = torch.device(device)
+    return RunData(
+        train_x=ds.train_x[idx].to(dev),
+        train_y=noise.labels.to(dev),
+        clean_y=clean.to(dev),
+        corrupted=noise.corrupted.to(dev),
+        meta_x=ds.train_x[meta_idx].to(dev),
+        meta_y=labels[meta_idx].to(dev),
+        test_x=ds.test_x.to(dev),
+        test_y=ds.test_y.to(dev),
+        train_index=idx,
+        meta_index=meta_idx,
+        num_classes=ds.num_classes,
+        augmenter=Augmenter.for_dataset(ds) if cfg.augment else Augmenter(ds.mean, ds.std),
+        noise=noise,
+        class_names=ds.class_names,
+    )

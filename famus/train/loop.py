@@ -1,0 +1,268 @@
+"""One training loop for every method: ``erm`` and the meta-learning methods, any engine."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import famus
+from famus.data import NOISE, save_noisy_labels
+from famus.meta import ENGINES, METHODS, MetaLearner
+from famus.models import MODELS, build_model
+from famus.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from famus.train.config import TrainConfig, from_dict, load_config
+from famus.train.data import RunData, prepare_data
+from famus.train.metrics import MetricsWriter
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def code_version() -> str:
+    """famus version plus the git commit of the source tree, when it is a checkout."""
+    here = Path(famus.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"{famus.__version__}+{commit}{'.dirty' if dirty else ''}" if commit else famus.__version__
+
+
+def _check_out_dir(cfg: TrainConfig) -> Path:
+    """Fail early, before anything is loaded or written, if the run folder is unusable."""
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {str(run_dir)!r} exists and is not a folder; choose another --out")
+    has_ckpt = (run_dir / CHECKPOINT).exists()
+    if cfg.resume and not has_ckpt:
+        raise ValueError(f"--resume: no {CHECKPOINT} in {str(run_dir)!r}; start a new run without --resume")
+    if not cfg.resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise ValueError(f"--out {str(run_dir)!r} already holds files; pass --resume to continue it or choose another --out")
+    probe = run_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"cannot create --out {str(run_dir)!r}: {str(probe)!r} is a file; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to {str(probe)!r} (for --out {str(run_dir)!r}); choose a writable --out")
+    return run_dir
+
+
+def _validate_names(cfg: TrainConfig) -> None:
+    if cfg.method != "erm":
+        METHODS.get(cfg.method)
+        ENGINES.get(cfg.meta_grad)
+    NOISE.get(cfg.noise)
+
+
+def lr_at(cfg: TrainConfig, epoch: int, step: int) -> float:
+    """Step schedule: ``lr * gamma^(milestones passed)``, milestones in epochs or iterations."""
+    point = epoch if cfg.milestone_unit == "epoch" else step
+    return cfg.lr * cfg.gamma ** sum(point >= m for m in cfg.milestones)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: RunData, batch_size: int) -> tuple[float, torch.Tensor]:
+    """Test accuracy and per-class accuracy ``(C,)``, in eval mode."""
+    was = model.training
+    model.eval()
+    correct = torch.zeros(data.num_classes, device=data.test_y.device)
+    for i in range(0, data.test_x.shape[0], batch_size):
+        x = data.augmenter.normalize(data.test_x[i : i + batch_size])
+        y = data.test_y[i : i + batch_size]
+        hit = (model(x).argmax(1) == y).float()
+        correct.index_add_(0, y, hit)
+    model.train(was)
+    counts = torch.bincount(data.test_y, minlength=data.num_classes).clamp(min=1)
+    return float(correct.sum() / data.test_y.numel()), (correct / counts).cpu()
+
+
+def _coerce(cfg: TrainConfig | dict | str | Path) -> TrainConfig:
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    if isinstance(cfg, dict):
+        return from_dict(cfg)
+    return load_config(cfg)
+
+
+def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
+    """Train one run and return its summary.
+
+    Args:
+        config: a :class:`TrainConfig`, a dict of config keys, or a YAML file path.
+
+    Returns:
+        ``{"run_dir", "best_test_acc", "last_test_acc", "time_per_iter_s", "epochs"}``.
+
+    The run folder holds ``config.yaml`` (resolved), ``run.json`` (seed, code version,
+    environment), ``noisy_labels.pt``, ``metrics.jsonl`` (one record per epoch),
+    ``checkpoint.pt`` (latest, written atomically each epoch) and ``model_best.pt``.
+    """
+    cfg = _coerce(config).validate()
+    _validate_names(cfg)
+    run_dir = _check_out_dir(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    # Everything that can fail on bad input happens before the first byte is written.
+    data = prepare_data(cfg, device)
+    torch.manual_seed(cfg.seed)
+    model_options = dict(cfg.model_options)
+    if cfg.model in MODELS and "input_size" in inspect.signature(MODELS.get(cfg.model)).parameters:
+        model_options.setdefault("input_size", data.train_x.shape[-1])  # e.g. the MLP's first layer
+    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                        **model_options).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay)
+    learner = None
+    if cfg.method != "erm":
+        if data.meta_x.shape[0] == 0:
+            raise ValueError(f"method {cfg.method!r} needs a meta set: pass --meta-per-class k > 0")
+        learner = MetaLearner(model, opt, cfg.method, cfg.meta_grad, seed=cfg.seed + 2,
+                              **cfg.method_options, **cfg.engine_options)
+        learner.bind(data.augmenter.normalize(data.train_x[:2]))
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch order, meta batches, augmentation
+    n = data.train_x.shape[0]
+    if n < 2:
+        raise ValueError(f"only {n} training examples left after the meta split; lower --meta-per-class")
+    batch = min(cfg.batch_size, n)
+    iters = n // batch  # drop the ragged last batch: BatchNorm needs > 1 example
+    meta_bs = min(cfg.meta_batch_size or cfg.batch_size, data.meta_x.shape[0]) if learner else 0
+
+    start_epoch, step, best, elapsed = 0, 0, 0.0, 0.0
+    if cfg.resume:
+        ck = load_checkpoint(run_dir / CHECKPOINT)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if learner is not None:
+            learner.load_state_dict(ck["learner"])
+        gen.set_state(ck["generator"])
+        torch.random.set_rng_state(ck["torch_rng"])
+        start_epoch, step, best, elapsed = ck["epoch"], ck["step"], ck["best_test_acc"], ck["elapsed_s"]
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        run_info = {"seed": cfg.seed, "code_version": code_version(), "torch": torch.__version__,
+                    "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
+                    "train_examples": n, "meta_examples": int(data.meta_x.shape[0]),
+                    "realised_noise_rate": data.noise.rate, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+        save_noisy_labels(run_dir / "noisy_labels.pt", data.clean_y.cpu(), data.noise)
+        torch.save({"train_index": data.train_index, "meta_index": data.meta_index}, run_dir / "split.pt")
+    metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
+                            keep_until=start_epoch if cfg.resume else None)
+
+    bar = tqdm(total=cfg.epochs * iters, initial=start_epoch * iters, disable=not cfg.progress,
+               desc=f"{cfg.method}/{cfg.meta_grad}" if learner else "erm", unit="it", dynamic_ncols=True)
+    last = 0.0
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            record = _train_epoch(cfg, model, opt, learner, data, gen, epoch, step, iters, batch, meta_bs, bar)
+            step += iters
+            acc, per_class = evaluate(model, data, cfg.eval_batch_size)
+            last, best = acc, max(best, acc)
+            elapsed += record.pop("epoch_time_s")
+            record.update(epoch=epoch + 1, step=step, test_acc=acc, best_test_acc=best, wall_time_s=elapsed,
+                          per_class_acc=[round(float(a), 6) for a in per_class])
+            ck = {"epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                  "learner": learner.state_dict() if learner else None, "generator": gen.get_state(),
+                  "torch_rng": torch.random.get_rng_state(), "best_test_acc": best, "elapsed_s": elapsed,
+                  "config": cfg.to_dict()}
+            save_checkpoint(run_dir / CHECKPOINT, ck)
+            if acc >= best:
+                save_checkpoint(run_dir / "model_best.pt", {"epoch": epoch + 1, "model": model.state_dict()})
+            metrics.write(record)
+            bar.set_postfix(test_acc=f"{acc:.4f}", best=f"{best:.4f}")
+    finally:
+        bar.close()
+        metrics.close()
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    its = [r["time_per_iter_s"] for r in rows]
+    return {"run_dir": str(run_dir), "best_test_acc": best, "last_test_acc": rows[-1]["test_acc"] if rows else last,
+            "time_per_iter_s": sum(its) / len(its) if its else math.nan, "epochs": len(rows)}
+
+
+def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iters, batch, meta_bs, bar):
+    """One epoch; returns its metrics record (floats), syncing only every ``log_every`` steps."""
+    model.train()
+    dev = data.train_x.device
+    perm = torch.randperm(data.train_x.shape[0], generator=gen).to(dev)
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    meta_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    clean_mass = torch.zeros((), device=dev, dtype=torch.float64)
+    bad = torch.zeros((), device=dev, dtype=torch.bool)
+    stage: dict[str, float] = {}
+    gates: dict[str, torch.Tensor] = {}
+    t_epoch = time.perf_counter()
+    for it in range(iters):
+        lr = lr_at(cfg, epoch, step + it)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = perm[it * batch : (it + 1) * batch]
+        x = data.augmenter(data.train_x[idx], gen)
+        y = data.train_y[idx]
+        if learner is None:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            midx = torch.randperm(data.meta_x.shape[0], generator=gen)[:meta_bs].to(dev)
+            stats = learner.step(x, y, data.augmenter(data.meta_x[midx], gen), data.meta_y[midx])
+            loss = stats.train_loss
+            meta_sum += stats.meta_loss.double()
+            w = stats.weights.double()
+            clean_mass += (w * (~data.corrupted[idx]).double()).sum() / w.sum().clamp(min=1e-12)
+            for k, v in stats.times.items():
+                stage[k] = stage.get(k, 0.0) + v
+            for k, v in (stats.gates or {}).items():
+                gates[k] = gates.get(k, 0.0) + v.double()
+        loss_sum += loss.detach().double()
+        bad |= ~torch.isfinite(loss.detach())
+        if (it + 1) % cfg.log_every == 0 or it + 1 == iters:
+            if bool(bad):
+                raise TrainingError(
+                    f"the training loss became NaN or inf at epoch {epoch + 1}, step {step + it + 1}; stopped. The last "
+                    f"good checkpoint (epoch {epoch}) is kept in {cfg.out}; try a lower --lr"
+                )
+            bar.update(epoch * iters + it + 1 - bar.n)
+            bar.set_postfix(loss=f"{float(loss_sum) / (it + 1):.4f}", lr=f"{lr:g}")
+    epoch_time = time.perf_counter() - t_epoch
+    record: dict[str, Any] = {"train_loss": float(loss_sum) / iters, "lr": lr, "time_per_iter_s": epoch_time / iters,
+                              "epoch_time_s": epoch_time}
+    if learner is not None:
+        record["meta_loss"] = float(meta_sum) / iters
+        record["clean_weight_share"] = float(clean_mass) / iters
+        record["stage_time_s"] = {k: v / iters for k, v in stage.items()}
+        if gates:
+            record["gate_rate"] = {k: float(v) / iters for k, v in gates.items()}
+    return record
