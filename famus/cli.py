@@ -1,4 +1,4 @@
-"""The ``famus`` command line: ``train``, ``demo``, ``bench``."""
+"""The ``famus`` command line: ``train``, ``demo``, ``bench``, ``report``."""
 
 from __future__ import annotations
 
@@ -69,7 +69,9 @@ def config_from_args(args: argparse.Namespace):
     from famus.train.config import from_dict, load_config
 
     cfg = load_config(args.config) if args.config else None
-    over: dict[str, Any] = {key: getattr(args, key) for _f, key, _t, _h in TRAIN_FLAGS if getattr(args, key) is not None}
+    over: dict[str, Any] = {
+        key: getattr(args, key) for _f, key, _t, _h in TRAIN_FLAGS if getattr(args, key) is not None
+    }
     for key in ("resume", "tensorboard"):
         if getattr(args, key):
             over[key] = True
@@ -104,6 +106,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from famus.report import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="famus", description="Noise-robust training by meta-learning, made fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("bench", help="time every meta-gradient engine side by side")
         add_arguments(p)
         p.set_defaults(fn=cmd_bench)
+    try:
+        from famus.report import add_arguments as add_report_arguments
+    except ImportError:
+        pass
+    else:
+        p = sub.add_parser("report", help="plots, HTML page and summary table of runs")
+        add_report_arguments(p)
+        p.set_defaults(fn=cmd_report)
     return parser
 
 

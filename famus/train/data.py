@@ -65,7 +65,9 @@ def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> RunDat
     train_rel, meta_rel = meta_split(labels[idx], cfg.meta_per_class, gen, ds.num_classes)
     meta_idx, idx = idx[meta_rel], idx[train_rel]
     if cfg.imbalance > 1:
-        idx = idx[longtail_indices(labels[idx], cfg.imbalance, gen, num_classes=ds.num_classes)]
+        # head size = the smallest class, so every class can supply its quota (balanced sets: all equal)
+        n_max = int(torch.bincount(labels[idx], minlength=ds.num_classes).min())
+        idx = idx[longtail_indices(labels[idx], cfg.imbalance, gen, n_max=n_max, num_classes=ds.num_classes)]
     clean = labels[idx]
     noise = apply_noise(cfg.noise, clean, cfg.noise_rate, ds.num_classes, gen, **cfg.noise_options)
     dev = torch.device(device)

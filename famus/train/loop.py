@@ -65,7 +65,9 @@ def _check_out_dir(cfg: TrainConfig) -> Path:
     if cfg.resume and not has_ckpt:
         raise ValueError(f"--resume: no {CHECKPOINT} in {str(run_dir)!r}; start a new run without --resume")
     if not cfg.resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(f"--out {str(run_dir)!r} already holds files; pass --resume to continue it or choose another --out")
+        raise ValueError(
+            f"--out {str(run_dir)!r} already holds files; pass --resume to continue it or choose another --out"
+        )
     probe = run_dir
     while not probe.exists():
         probe = probe.parent
@@ -251,8 +253,8 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
         if (it + 1) % cfg.log_every == 0 or it + 1 == iters:
             if bool(bad):
                 raise TrainingError(
-                    f"the training loss became NaN or inf at epoch {epoch + 1}, step {step + it + 1}; stopped. The last "
-                    f"good checkpoint (epoch {epoch}) is kept in {cfg.out}; try a lower --lr"
+                    f"the training loss became NaN or inf at epoch {epoch + 1}, step {step + it + 1}; stopped. "
+                    f"The last good checkpoint (epoch {epoch}) is kept in {cfg.out}; try a lower --lr"
                 )
             bar.update(epoch * iters + it + 1 - bar.n)
             bar.set_postfix(loss=f"{float(loss_sum) / (it + 1):.4f}", lr=f"{lr:g}")
