@@ -15,7 +15,7 @@ from famus.train.checkpoint import atomic_write_text
 from famus.train.config import TrainConfig
 from famus.train.loop import train
 
-FULL = dict(train_subset=21000, epochs=8, milestones=[6], batch_size=100, lr=0.05)
+FULL = dict(train_subset=16000, epochs=7, milestones=[5], batch_size=100, lr=0.05)
 QUICK = dict(train_subset=2000, epochs=1, milestones=[], batch_size=50, lr=0.05)
 
 RUNS = [("ERM", "erm", "exact"), ("MW-Net", "mwnet", "exact"), ("MW-Net+FaMUS", "mwnet", "famus")]
