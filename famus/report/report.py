@@ -1,0 +1,144 @@
+"""``make_report``: figures, ``summary.md``, ``summary.json`` and ``index.html`` for run folders.
+
+Missing run folders and missing or partial files are reported (in the page, in
+``summary.md`` and through ``warn``, stderr by default), the affected figures are
+skipped, and the rest is written. Only when none of the given folders exists is it an
+error (:class:`ReportError`). Everything is rendered in memory first; files are written
+afterwards, each atomically, ``index.html`` last.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from famus.report.files import atomic_write
+from famus.report.html import PageFigure, page
+from famus.report.plots import (
+    Plot,
+    plot_accuracy,
+    plot_layers,
+    plot_meta_gradient,
+    plot_stage_times,
+    plot_weights,
+    to_png,
+)
+from famus.report.runs import Run, load_run, unique_names
+from famus.report.summary import markdown, summarize
+
+
+class ReportError(ValueError):
+    """No report can be made (e.g. none of the run folders exists)."""
+
+
+def _stderr(msg: str) -> None:
+    print(f"famus report: {msg}", file=sys.stderr)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "run"
+
+
+def make_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    weight_steps: list[int] | None = None,
+    warn: Callable[[str], None] | None = _stderr,
+) -> dict[str, Any]:
+    """Write a report on ``run_dirs`` into ``out_dir``.
+
+    Args:
+        run_dirs: run folders (``famus train --out``), drawn in this order.
+        out_dir: where the report goes (created if needed; files of the same names are replaced).
+        weight_steps: training steps for the weight histograms (each maps to the nearest
+            tracked step); default: the first, middle and last tracked steps.
+        warn: called with one line per problem (default: print to stderr); ``None`` is silent.
+
+    Returns:
+        ``{"out_dir", "index", "summary_md", "summary_json", "figures": [paths],
+        "runs": [summary rows], "problems": {run name or "report": [messages]}, "skipped": [...]}``.
+
+    Raises:
+        ReportError: no run folders given, or none of them exists.
+    """
+    if not run_dirs:
+        raise ReportError("no run folders given")
+    runs = [load_run(p) for p in run_dirs]
+    unique_names(runs)
+    if not any(r.exists for r in runs):
+        raise ReportError("no run folder found: " + "; ".join(f"{r.path}: {r.problems[0]}" for r in runs))
+
+    problems: dict[str, list[str]] = {r.name: list(r.problems) for r in runs if r.problems}
+    rendered: list[PageFigure] = []
+    skipped: list[str] = []
+
+    def add(filename: str, make: Callable[[], Plot | None], what: str, why_none: str) -> None:
+        try:
+            plot = make()
+            if plot is None:
+                skipped.append(f"{what}: {why_none}")
+                return
+            png = to_png(plot.figure)
+        except Exception as e:  # one broken figure must not cost the whole report
+            problems.setdefault("report", []).append(f"could not draw {what}: {type(e).__name__}: {e}")
+            return
+        rendered.append(PageFigure(filename, plot.title, plot.caption, png, plot.left_out))
+
+    add("accuracy.png", lambda: plot_accuracy(runs), "test accuracy", "no run has test_acc with step or wall_time_s")
+    add("stage_time.png", lambda: plot_stage_times(runs), "time per iteration by stage",
+        "no run has time_per_iter_s or stage_time_s")
+    methods = list(dict.fromkeys(r.method for r in runs if r.tracking))
+    for method in methods:
+        add(f"meta_gradient_{_slug(method) if method != '?' else 'unknown'}.png",
+            lambda method=method: plot_meta_gradient(runs, method), f"meta gradient of the {method} runs",
+            "no usable tracking.jsonl records")
+    if not methods:
+        skipped.append("meta gradient over training: no run has a tracking.jsonl")
+    for i, run in enumerate(runs):
+        if run.tracking:
+            add(f"weights_{i + 1:02d}_{_slug(run.name)}.png", lambda run=run: plot_weights(run, weight_steps),
+                f"example weights of {run.name}", "its tracking.jsonl has no weights")
+    add("layers.png", lambda: plot_layers(runs), "layer activation counts",
+        "no run has layer gates (gate_rate in metrics.jsonl or gates in tracking.jsonl)")
+
+    rows = [summarize(r) for r in runs if r.exists]
+    names = [f.filename for f in rendered]
+    md = markdown(rows, problems, names)
+    summary = {"runs": rows, "problems": problems, "skipped": skipped, "figures": names}
+    js = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    html = page(rows, problems, rendered, skipped)
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {str(out)!r} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in rendered:
+        atomic_write(out / f.filename, f.png)
+    atomic_write(out / "summary.json", js)
+    atomic_write(out / "summary.md", md)
+    atomic_write(out / "index.html", html)
+
+    if warn is not None:
+        for name, msgs in problems.items():
+            for m in msgs:
+                warn(f"{name}: {m}" if name == "report" else f"{_path_of(runs, name)}: {m}")
+        for s in skipped:
+            warn(f"not drawn: {s}")
+    return {
+        "out_dir": str(out),
+        "index": str(out / "index.html"),
+        "summary_md": str(out / "summary.md"),
+        "summary_json": str(out / "summary.json"),
+        "figures": [str(out / n) for n in names],
+        "runs": rows,
+        "problems": problems,
+        "skipped": skipped,
+    }
+
+
+def _path_of(runs: list[Run], name: str) -> str:
+    return next((str(r.path) for r in runs if r.name == name), name)

@@ -1,0 +1,184 @@
+"""Reading run folders for reports, tolerating missing and partial files.
+
+Nothing here raises on bad run contents: every problem becomes a one-line message in
+``Run.problems`` (e.g. ``"no metrics.jsonl (did the run finish an epoch?)"``), and the
+plots and tables use whatever is usable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from famus.report.tracking import TRACKING_FILE
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+
+# Keys every epoch record of a finished epoch has (famus.train.loop).
+METRIC_KEYS = ("epoch", "step", "test_acc", "best_test_acc", "time_per_iter_s", "wall_time_s")
+
+
+def num(record: dict[str, Any], key: str) -> float | None:
+    """``record[key]`` as a finite float, or ``None`` when missing, not a number, NaN or inf."""
+    v = record.get(key) if isinstance(record, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+@dataclass
+class Run:
+    """One run folder as read for a report.
+
+    Attributes:
+        path: the folder as given.
+        name: display name: the folder name, or enough trailing path parts to be unique.
+        exists: whether ``path`` is a folder.
+        config: ``config.yaml`` as a dict (empty when missing or unreadable).
+        metrics: usable ``metrics.jsonl`` records (dicts), in file order.
+        tracking: usable ``tracking.jsonl`` records (dicts), in file order.
+        problems: what is missing or partial, one line each.
+    """
+
+    path: Path
+    name: str = ""
+    exists: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    tracking: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        m = self.config.get("method")
+        return str(m) if m is not None else "?"
+
+    @property
+    def engine(self) -> str:
+        """The meta-gradient engine, ``"-"`` for ERM (no meta gradient)."""
+        if self.method == "erm":
+            return "-"
+        e = self.config.get("meta_grad")
+        return str(e) if e is not None else "?"
+
+    @property
+    def label(self) -> str:
+        """Legend label: folder name plus method/engine, e.g. ``"fm-famus (mwnet/famus)"``."""
+        what = self.method if self.method == "erm" else f"{self.method}/{self.engine}"
+        return f"{self.name} ({what})"
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The JSON-object lines of ``path`` and what was wrong with the file.
+
+    Returns:
+        ``(records, problems)``; a truncated last line (a run killed while writing) and
+        malformed lines are skipped and reported, never raised.
+    """
+    name = path.name
+    if not path.exists():
+        return [], [f"no {name}"]
+    if not path.is_file():
+        return [], [f"{name} is not a file"]
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return [], [f"cannot read {name}: {e.strerror or e}"]
+    lines = text.splitlines()
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        return [], [f"{name} is empty"]
+    records, problems = [], []
+    last = numbered[-1][0]
+    for i, line in numbered:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == last and not text.endswith("\n"):
+                problems.append(f"{name}: the last line is truncated (interrupted while writing?); ignored it")
+            else:
+                problems.append(f"{name}: line {i} is not valid JSON; skipped it")
+            continue
+        if not isinstance(rec, dict):
+            problems.append(f"{name}: line {i} is not a JSON object; skipped it")
+            continue
+        records.append(rec)
+    if not records:
+        problems.append(f"{name} has no usable records")
+    return records, problems
+
+
+def _missing_keys(records: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
+    out = []
+    for key in keys:
+        bad = [r for r in records if num(r, key) is None]
+        if bad:
+            where = [str(r.get("epoch")) for r in bad if num(r, "epoch") is not None]
+            at = f" (epoch {', '.join(where)})" if where and len(where) <= 5 else ""
+            out.append(f"{METRICS_FILE}: {len(bad)} of {len(records)} records lack a number for {key!r}{at}")
+    return out
+
+
+def load_run(path: str | Path) -> Run:
+    """Read ``config.yaml``, ``metrics.jsonl`` and ``tracking.jsonl`` of one run folder."""
+    run = Run(Path(path))
+    run.name = run.path.name or str(run.path)
+    if not run.path.exists():
+        run.problems.append("the folder does not exist")
+        return run
+    if not run.path.is_dir():
+        run.problems.append("not a folder")
+        return run
+    run.exists = True
+
+    cfg_path = run.path / CONFIG_FILE
+    if not cfg_path.is_file():
+        run.problems.append(f"no {CONFIG_FILE} (method and engine unknown)")
+    else:
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            run.problems.append(f"{CONFIG_FILE} is unreadable ({type(e).__name__}); method and engine unknown")
+        else:
+            if isinstance(cfg, dict):
+                run.config = cfg
+            else:
+                run.problems.append(f"{CONFIG_FILE} is not a mapping; method and engine unknown")
+
+    records, problems = read_jsonl(run.path / METRICS_FILE)
+    if problems and problems[0] in (f"no {METRICS_FILE}", f"{METRICS_FILE} is empty"):
+        problems[0] += " (did the run finish an epoch?)"
+    run.problems += problems
+    run.metrics = records
+    if records:
+        run.problems += _missing_keys(records, METRIC_KEYS)
+
+    if run.method != "erm":  # ERM runs have no meta gradient to track
+        records, problems = read_jsonl(run.path / TRACKING_FILE)
+        if problems and problems[0] == f"no {TRACKING_FILE}":
+            problems[0] += " (tracking was off: no meta-gradient, weight or per-step gate plots)"
+        run.problems += problems
+        run.tracking = records
+    return run
+
+
+def unique_names(runs: list[Run]) -> None:
+    """Name each run by the shortest trailing part of its path that no other run shares."""
+    parts = [r.path.resolve().parts for r in runs]
+    depth = [1] * len(runs)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            break
+        for i in clash:
+            depth[i] += 1
+    for r, n in zip(runs, names):
+        r.name = n

@@ -1,0 +1,144 @@
+"""Run folders for report tests: hand-written fakes and one real tiny run with real tracking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import famus
+from famus.report import Tracker
+
+STAGES = ("virtual_forward", "virtual_backward", "meta_forward", "meta_backward", "actual_forward", "actual_backward")
+
+
+@pytest.fixture(autouse=True, scope="package")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight for a shared machine's cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyNet(nn.Module):
+    """conv-BN-ReLU, linear-ReLU, linear classifier: four layers, with buffers, no famus import."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.hidden = nn.Linear(3, 6)
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.fc(torch.relu(self.hidden(h)))
+
+
+def tiny_batches(seed=0, n=8, m=6, classes=3, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 5, 5, generator=g, dtype=dtype)
+    y = torch.randint(0, classes, (n,), generator=g)
+    xm = torch.randn(m, 1, 5, 5, generator=g, dtype=dtype)
+    ym = torch.randint(0, classes, (m,), generator=g)
+    return x, y, xm, ym
+
+
+def tiny_learner(method="mwnet", engine="exact", **options):
+    torch.manual_seed(0)
+    model = TinyNet().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    return famus.MetaLearner(model, opt, method, engine, **options)
+
+
+def write_run(root: Path, name: str, method="mwnet", engine="famus", epochs=3, iters=10, metrics=True,
+              tracking=True, config=True, seed=0) -> Path:
+    """A hand-written run folder with plausible numbers (deterministic in ``seed``)."""
+    g = torch.Generator().manual_seed(seed)
+    run = root / name
+    run.mkdir(parents=True)
+    if config:
+        (run / "config.yaml").write_text(yaml.safe_dump({"method": method, "meta_grad": engine, "epochs": epochs}))
+    recs, best, wall = [], 0.0, 0.0
+    for e in range(1, epochs + 1):
+        acc = 0.5 + 0.1 * e + 0.01 * float(torch.rand((), generator=g))
+        best = max(best, acc)
+        it = 0.01 + 0.001 * float(torch.rand((), generator=g))
+        wall += it * iters
+        rec = {"train_loss": 1.0 / e, "lr": 0.1, "time_per_iter_s": it, "epoch": e, "step": e * iters,
+               "test_acc": acc, "best_test_acc": best, "wall_time_s": wall, "per_class_acc": [acc] * 3}
+        if method != "erm":
+            rec.update(meta_loss=0.9 / e, clean_weight_share=0.6 + 0.05 * e,
+                       stage_time_s={s: it / 8 for s in STAGES})
+            if engine == "famus":
+                rec["gate_rate"] = {"conv": 0.2 * e / epochs, "hidden": 0.5, "fc": 1.0}
+        recs.append(rec)
+    if metrics:
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    if tracking and method != "erm":
+        lines = []
+        for k, step in enumerate([1, 10, 20, 30]):
+            n = 8
+            w = torch.rand(n, generator=g, dtype=torch.float64)
+            w = w / w.sum()
+            rec = {
+                "step": step, "epoch": 1 + step // iters, "engine": engine,
+                "meta_grad": {"cosine": 1.0 if engine == "exact" else 0.9 + 0.02 * k, "rel_error": 0.1 / (k + 1),
+                              "norm_engine": 1.0, "norm_exact": 1.1},
+                "running": {kind: {"count": k + 1, "mean_norm": 1.0, "mean_entry": 0.01, "total_var": 0.1 * k,
+                                   "proj": 1.0 + 0.1 * k, "proj_mean": 1.0, "proj_var": 0.01 * k}
+                            for kind in ("engine", "exact")},
+                "gates": {"conv": float(k % 2), "hidden": 1.0, "fc": 1.0} if engine == "famus" else None,
+                "weights": {"n": n, "sum": 1.0, "clean_share": float(w[:5].sum()),
+                            "clean": w[:5].tolist(), "noisy": w[5:].tolist()},
+            }
+            lines.append(json.dumps(rec) + "\n")
+        (run / "tracking.jsonl").write_text("".join(lines))
+    return run
+
+
+@pytest.fixture
+def fake_runs(tmp_path):
+    """Three complete fake runs: ERM, MW-Net exact, MW-Net+FaMUS."""
+    root = tmp_path / "runs"
+    return [write_run(root, "erm", "erm", "exact", seed=1), write_run(root, "mw-exact", "mwnet", "exact", seed=2),
+            write_run(root, "mw-famus", "mwnet", "famus", seed=3)]
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """A real 2-epoch MW-Net+FaMUS run on digits, plus tracking.jsonl written by a real Tracker.
+
+    The tracking records come from 6 steps of a real :class:`famus.MetaLearner` (the digits
+    MLP, FaMUS over every layer) on the same data, with the run's corrupted-label mask.
+    """
+    from famus.models import build_model
+    from famus.train import TrainConfig, train
+    from famus.train.data import prepare_data
+
+    run = tmp_path_factory.mktemp("real") / "mw-famus-digits"
+    cfg = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, epochs=2, method="mwnet",
+               meta_grad="famus", progress=False, out=str(run), threads=1)
+    train(cfg)  # sets one thread process-wide, as the package fixture does (and undoes)
+
+    data = prepare_data(TrainConfig(**{k: v for k, v in cfg.items() if k != "out"}))
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, in_channels=1, hidden=16, input_size=data.train_x.shape[-1])
+    learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mwnet", "famus",
+                                candidates="all", k=1)
+    norm = data.augmenter.normalize
+    g = torch.Generator().manual_seed(0)
+    with Tracker(run, every=2, layer_names=famus.layers(model)) as tracker:
+        for step in range(1, 7):
+            idx = torch.randperm(data.train_x.shape[0], generator=g)[:32]
+            midx = torch.randperm(data.meta_x.shape[0], generator=g)[:20]
+            x, y, xm, ym = norm(data.train_x[idx]), data.train_y[idx], norm(data.meta_x[midx]), data.meta_y[midx]
+            stats = learner.step(x, y, xm, ym)
+            if tracker.should_track(step):
+                tracker.record(step, 1, learner, x, y, xm, ym, stats, data.corrupted[idx])
+    return run
