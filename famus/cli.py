@@ -21,7 +21,8 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--meta-per-class", "meta_per_class", int, "clean meta examples per class k"),
     ("--train-subset", "train_subset", int, "keep this many training examples (stratified)"),
     ("--model", "model", str, "model name, or package.module:function"),
-    ("--method", "method", str, "erm, l2r or mwnet"),
+    ("--method", "method", str, "erm, l2r, mwnet or mlc"),
+    ("--loss", "loss", str, "training loss: ce, ldam, focal or cb (options: --set loss_options.KEY=VALUE)"),
     ("--meta-grad", "meta_grad", str, "meta-gradient engine (exact, famus, block, random, ...)"),
     ("--epochs", "epochs", int, "epochs"),
     ("--batch-size", "batch_size", int, "training batch size"),
@@ -32,6 +33,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--device", "device", str, "cpu, cuda or auto"),
     ("--threads", "threads", int, "torch CPU threads"),
     ("--metrics-format", "metrics_format", str, "jsonl, or csv (written beside metrics.jsonl)"),
+    ("--track-every", "track_every", int, "every N steps record meta-gradient fidelity, gates, weights"),
 ]
 
 
@@ -91,6 +93,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(config_from_args(args))
     print(f"best test accuracy {summary['best_test_acc']:.4f}, last {summary['last_test_acc']:.4f}, "
           f"{summary['time_per_iter_s'] * 1000:.1f} ms/iteration; run folder {summary['run_dir']}")
+    if "group_acc" in summary:
+        parts = ", ".join(f"{g}-shot {'-' if a is None else f'{a:.4f}'}" for g, a in summary["group_acc"].items())
+        print(f"last epoch by group: {parts} (groups by {summary['group_rule']} of training class counts; "
+              "per-class accuracy in metrics.jsonl)")
     return 0
 
 

@@ -14,6 +14,8 @@ from famus.meta.engines.base import ENGINES, StageTimer
 from famus.meta.layers import LayerInfo, layer_infos
 from famus.meta.methods import METHODS, MetaMethod
 
+LAGGED_SUFFIX = "+lagged"
+
 
 @dataclass
 class StepStats:
@@ -48,9 +50,23 @@ class StepStats:
         return out
 
 
+def _init_options(cls: type) -> set[str]:
+    """Keyword options ``cls(...)`` accepts, following ``**options`` passed on to a base class."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
 def _split_options(options: dict, targets: dict[str, type]) -> dict[str, dict]:
     """Route keyword options to the constructor that accepts them."""
-    accepted = {k: set(inspect.signature(cls.__init__).parameters) - {"self"} for k, cls in targets.items()}
+    accepted = {k: _init_options(cls) for k, cls in targets.items()}
     out: dict[str, dict] = {k: {} for k in targets}
     for key, value in options.items():
         owners = [k for k, names in accepted.items() if key in names]
@@ -69,10 +85,23 @@ class MetaLearner:
             famus code: the virtual and meta passes use ``torch.func.functional_call``.
         optimizer: the base model's optimizer; its current learning rate is alpha.
         method: ``"mwnet"`` or ``"l2r"`` (see ``famus.meta.methods.METHODS``), or a ``MetaMethod``.
-        meta_grad: engine name (``"exact"``, ``"famus"``, ``"block"``, ``"random"``, ...) or an ``Engine``.
+        meta_grad: engine name (``"exact"``, ``"famus"``, ``"jvp"``, ``"fd"``, ``"famus-jvp"``,
+            ``"famus-fd"``, ``"block"``, ``"random"``) or an ``Engine``. A ``"+lagged"`` suffix
+            (e.g. ``"famus-fd+lagged"``) is the same as ``lagged=True``.
         seed: seed of the learner's own generator (gates, random layers).
+        reuse_forward: Actual-Train reuses the Virtual-Train forward pass (on by default). The
+            virtual forward ran in train mode at the same w on the same batch, so its logits and
+            the BN statistics it produced are exactly those of a separate actual forward; the
+            actual loss is backpropagated through the kept virtual graph (which stays alive
+            during Meta-Train: more memory) and the statistics are copied back. It falls back to
+            a separate forward by itself when the virtual forward drew random numbers (dropout).
+        lagged: one-backward mode, off by default. Actual-Train steps with the weighted gradient
+            Virtual-Train already computed, i.e. with the meta model's weights from BEFORE this
+            iteration's meta update: Eq. 5 with a one-step delay (not the paper's algorithm).
+            An iteration then costs one forward and backward on the training batch plus the
+            meta-batch work. Needs meta parameters that persist across steps (MW-Net, not L2R).
         **options: options of the method (e.g. ``meta_lr``, ``normalize``) or of the engine
-            (e.g. ``k``, ``temperature``, ``candidates``); an unknown one is an error.
+            (e.g. ``k``, ``temperature``, ``candidates``, ``fd_eps``); an unknown one is an error.
     """
 
     def __init__(
@@ -83,6 +112,8 @@ class MetaLearner:
         meta_grad: str | Engine = "exact",
         *,
         seed: int = 0,
+        reuse_forward: bool = True,
+        lagged: bool = False,
         **options,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -92,6 +123,8 @@ class MetaLearner:
             raise ValueError(f"{type(model).__name__} has no trainable parameters; famus needs a model to train")
         self.model = model
         self.optimizer = optimizer
+        if isinstance(meta_grad, str) and meta_grad.endswith(LAGGED_SUFFIX):
+            meta_grad, lagged = meta_grad[: -len(LAGGED_SUFFIX)], True
         targets: dict[str, type] = {}
         if isinstance(method, str):
             targets["method"] = METHODS.get(method)
@@ -103,6 +136,13 @@ class MetaLearner:
         self.method: MetaMethod = method if isinstance(method, MetaMethod) else targets["method"](**routed["method"])
         self.engine: Engine = meta_grad if isinstance(meta_grad, Engine) else targets["engine"](**routed["engine"])
         self.engine_name = meta_grad if isinstance(meta_grad, str) else meta_grad.name
+        if lagged and not self.method.lagged_ok:
+            raise ValueError(
+                f"lagged mode needs meta parameters that persist across steps; {self.method.name!r} resets "
+                "them every step, so its Virtual-Train gradient is not a training gradient"
+            )
+        self.reuse_forward, self.lagged = bool(reuse_forward), bool(lagged)
+        self.reused_forward = False  # whether the last step reused the virtual forward
         self.device, self.dtype = first.device, first.dtype
         self.method.to(self.device, self.dtype)
         self.generator = torch.Generator().manual_seed(seed)
@@ -173,7 +213,7 @@ class MetaLearner:
             which = y[bad] if bool(bad.any()) else y_meta[bad_m]
             raise ValueError(f"labels out of range: got {which[:5].tolist()}, the model has {c} classes (0..{c - 1})")
 
-    def _batch(self, x, y, x_meta, y_meta, theta=None) -> MetaBatch:
+    def _batch(self, x, y, x_meta, y_meta, theta=None, keep_virtual=False) -> MetaBatch:
         return MetaBatch(
             model=self.model,
             params=dict(self.model.named_parameters()),
@@ -186,6 +226,7 @@ class MetaLearner:
             method=self.method,
             theta=theta if theta is not None else self.method.meta_params(x.shape[0], next(self.model.parameters())),
             layers=self.layer_infos,
+            keep_virtual=keep_virtual,
         )
 
     @contextmanager
@@ -211,18 +252,28 @@ class MetaLearner:
         """
         self._validate(x, y, x_meta, y_meta)
         self.model.train()
-        res: MetaResult = self.engine.compute(self._batch(x, y, x_meta, y_meta), self.generator)
+        keep = self.reuse_forward and not self.lagged
+        res: MetaResult = self.engine.compute(self._batch(x, y, x_meta, y_meta, keep_virtual=keep), self.generator)
         timer = StageTimer(x.device)
         self.method.apply(res.meta_grads)
         self.engine.apply(res)
         timer.mark("meta_backward")  # the meta optimizers' steps belong to Meta-Train
-        logits = self.model(x)
-        loss, c = self.method.actual_loss(logits, y, res.meta_grads)
-        timer.mark("actual_forward")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        timer.mark("actual_backward")
+        self.reused_forward = self.lagged or res.virtual_logits is not None
+        if self.lagged:
+            loss, c = self._lagged_step(res)
+            timer.mark("actual_backward")
+        else:
+            if res.virtual_logits is not None:
+                logits = res.virtual_logits
+                self._copy_buffers(res.virtual_buffers)
+            else:
+                logits = self.model(x)
+            loss, c = self.method.actual_loss(logits, y, res.meta_grads)
+            timer.mark("actual_forward")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            timer.mark("actual_backward")
         times = {s: res.times.get(s, 0.0) + timer.times.get(s, 0.0) for s in STAGES}
         self.steps += 1
         return StepStats(
@@ -233,6 +284,26 @@ class MetaLearner:
             times=times,
             aux=res.aux,
         )
+
+    def _copy_buffers(self, buffers: dict[str, Tensor] | None) -> None:
+        """Install the running statistics the Virtual-Train forward produced (BN moves once)."""
+        if buffers is None:
+            return
+        with torch.no_grad():
+            for n, b in self.model.named_buffers():
+                b.copy_(buffers[n])
+
+    def _lagged_step(self, res: MetaResult) -> tuple[Tensor, Tensor]:
+        """Actual-Train with the Virtual-Train gradient (old meta weights): no forward, no backward."""
+        if res.train_grads is None or res.train_loss is None or res.weights is None:
+            raise RuntimeError(f"engine {self.engine_name!r} returns no Virtual-Train gradient; lagged mode needs it")
+        self._copy_buffers(res.virtual_buffers)
+        self.optimizer.zero_grad(set_to_none=True)
+        for n, p in self.model.named_parameters():
+            g = res.train_grads.get(n)
+            p.grad = None if g is None else g.detach()
+        self.optimizer.step()
+        return res.train_loss, res.weights
 
     def meta_gradient(
         self,

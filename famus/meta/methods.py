@@ -34,10 +34,13 @@ class MetaMethod:
 
     Attributes:
         meta_model: the meta model (an ``nn.Module``) or ``None`` (L2R).
+        lagged_ok: the meta parameters persist across steps, so the Virtual-Train gradient is a
+            training gradient at the previous meta parameters (the learner's lagged mode).
     """
 
     name = "base"
     meta_model: nn.Module | None = None
+    lagged_ok = True
 
     def to(self, device: torch.device, dtype: torch.dtype) -> MetaMethod:
         """Move the meta model next to the base model."""
@@ -86,6 +89,28 @@ def default_mwnet(hidden: int = 100) -> nn.Module:
     return nn.Sequential(nn.Linear(1, hidden), nn.ReLU(inplace=False), nn.Linear(hidden, 1), nn.Sigmoid())
 
 
+# a per-example training loss: (logits (n, C), y (n,)) -> (n,), differentiable in the logits (famus.losses)
+PerExampleLossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def per_example_losses(loss_fn: PerExampleLossFn | None, logits: Tensor, y: Tensor) -> Tensor:
+    """``(n,)`` training losses: ``loss_fn(logits, y)``, or plain cross-entropy when ``loss_fn`` is None."""
+    return F.cross_entropy(logits, y, reduction="none") if loss_fn is None else loss_fn(logits, y)
+
+
+def make_meta_optimizer(
+    params: list[Tensor], spec: str | Callable, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    """The meta optimizer: ``spec`` is ``"adam"``, ``"sgd"`` or a callable ``params -> Optimizer``."""
+    if callable(spec):
+        return spec(params)
+    if spec == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if spec == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise ValueError(f"unknown meta_optimizer {spec!r}; valid: 'adam', 'sgd' or a callable")
+
+
 @METHODS.register("mwnet")
 class MWNet(MetaMethod):
     """Meta-Weight-Net (Shu et al. 2019): an MLP maps each example's loss to its weight.
@@ -99,6 +124,9 @@ class MWNet(MetaMethod):
         meta_weight_decay: weight decay of the meta optimizer.
         meta_momentum: momentum when ``meta_optimizer="sgd"``.
         normalize: divide the batch's weights by their sum (the reference code; default on).
+        loss_fn: per-example training loss ``(logits (n, C), y (n,)) -> (n,)`` (e.g. LDAM from
+            :func:`famus.losses.build_loss`); ``None`` is cross-entropy. The meta model sees it
+            detached; the meta loss on the meta set stays cross-entropy.
     """
 
     name = "mwnet"
@@ -112,27 +140,18 @@ class MWNet(MetaMethod):
         meta_weight_decay: float = 1e-4,
         meta_momentum: float = 0.9,
         normalize: bool = True,
+        loss_fn: PerExampleLossFn | None = None,
     ) -> None:
         self.meta_model = meta_model if meta_model is not None else default_mwnet(hidden)
         self.normalize = normalize
+        self.loss_fn = loss_fn
         self._make_opt = meta_optimizer
         self._opt_kw = dict(lr=meta_lr, weight_decay=meta_weight_decay, momentum=meta_momentum)
         self.meta_optimizer: torch.optim.Optimizer | None = None
 
     def to(self, device: torch.device, dtype: torch.dtype) -> MWNet:
         super().to(device, dtype)
-        params = list(self.meta_model.parameters())
-        kw = self._opt_kw
-        if callable(self._make_opt):
-            self.meta_optimizer = self._make_opt(params)
-        elif self._make_opt == "adam":
-            self.meta_optimizer = torch.optim.Adam(params, lr=kw["lr"], weight_decay=kw["weight_decay"])
-        elif self._make_opt == "sgd":
-            self.meta_optimizer = torch.optim.SGD(
-                params, lr=kw["lr"], weight_decay=kw["weight_decay"], momentum=kw["momentum"]
-            )
-        else:
-            raise ValueError(f"unknown meta_optimizer {self._make_opt!r}; valid: 'adam', 'sgd' or a callable")
+        self.meta_optimizer = make_meta_optimizer(list(self.meta_model.parameters()), self._make_opt, **self._opt_kw)
         return self
 
     def meta_params(self, n: int, like: Tensor) -> dict[str, Tensor]:
@@ -145,7 +164,7 @@ class MWNet(MetaMethod):
         return _normalize(v) if self.normalize else v / v.numel()
 
     def loss(self, logits: Tensor, y: Tensor, theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        losses = F.cross_entropy(logits, y, reduction="none")
+        losses = per_example_losses(self.loss_fn, logits, y)
         c = self._coefficients(losses, theta)
         return (c * losses).sum(), c
 
@@ -157,7 +176,7 @@ class MWNet(MetaMethod):
         self.meta_optimizer.zero_grad(set_to_none=True)
 
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        losses = F.cross_entropy(logits, y, reduction="none")
+        losses = per_example_losses(self.loss_fn, logits, y)
         with torch.no_grad():
             c = self._coefficients(losses, None)
         return (c * losses).sum(), c
@@ -180,15 +199,22 @@ class L2R(MetaMethod):
 
     The meta gradient is ``dL_c/d eps`` (key ``"eps"``, shape ``(n,)``); the actual weights are
     ``max(-dL_c/d eps, 0)``, normalized to sum 1 (all zero stays zero).
+
+    Args:
+        loss_fn: per-example training loss ``(logits (n, C), y (n,)) -> (n,)``; ``None`` is cross-entropy.
     """
 
     name = "l2r"
+    lagged_ok = False  # eps is reset to 0 each step: the Virtual-Train gradient is zero
+
+    def __init__(self, loss_fn: PerExampleLossFn | None = None) -> None:
+        self.loss_fn = loss_fn
 
     def meta_params(self, n: int, like: Tensor) -> dict[str, Tensor]:
         return {"eps": torch.zeros(n, dtype=like.dtype, device=like.device, requires_grad=True)}
 
     def loss(self, logits: Tensor, y: Tensor, theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        losses = F.cross_entropy(logits, y, reduction="none")
+        losses = per_example_losses(self.loss_fn, logits, y)
         c = theta["eps"]
         return (c * losses).sum(), c
 
@@ -198,7 +224,7 @@ class L2R(MetaMethod):
         return _normalize(torch.clamp(-meta_grads["eps"].detach(), min=0))
 
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        losses = F.cross_entropy(logits, y, reduction="none")
+        losses = per_example_losses(self.loss_fn, logits, y)
         c = self.weights(meta_grads).to(losses.dtype)
         return (c * losses).sum(), c
 
@@ -206,3 +232,7 @@ class L2R(MetaMethod):
 def build_method(name: str, **options) -> MetaMethod:
     """A method by registry name, e.g. ``build_method("mwnet", meta_lr=1e-3)``."""
     return METHODS.get(name)(**options)
+
+
+# MLC lives in its own module (it imports this one); importing it here registers "mlc"
+from famus.meta import mlc as _mlc  # noqa: E402, F401

@@ -33,11 +33,15 @@ class TrainConfig:
     model: str = "small-resnet"
     model_options: dict[str, Any] = field(default_factory=dict)
     # method
-    method: str = "mwnet"  # erm, l2r, mwnet
+    method: str = "mwnet"  # erm, l2r, mwnet, mlc
     meta_grad: str = "exact"  # exact, famus, block, random, ...
     method_options: dict[str, Any] = field(default_factory=dict)  # meta_lr, normalize, ...
     engine_options: dict[str, Any] = field(default_factory=dict)  # k, temperature, candidates, ...
     meta_batch_size: int | None = None  # default: batch_size
+    # training loss (famus.losses): ce, ldam, focal, cb; per-class terms use the training label counts.
+    # erm, l2r and mwnet train on it (MW-Net's meta model sees it); the meta loss stays cross-entropy.
+    loss: str = "ce"
+    loss_options: dict[str, Any] = field(default_factory=dict)  # max_m, s, drw_epoch, beta, gamma, base
     # optimisation
     epochs: int = 10
     batch_size: int = 100
@@ -59,6 +63,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     log_every: int = 20
+    track_every: int = 0  # every N steps, compare the engine's meta gradient with exact (famus report)
 
     def validate(self) -> TrainConfig:
         """Cheap checks with clear messages, before anything is loaded or written."""
@@ -66,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"noise rate must be in [0, 1], got {self.noise_rate}; pass e.g. --noise-rate 0.4")
         if self.imbalance < 1:
             raise ValueError(f"imbalance factor must be >= 1, got {self.imbalance}")
+        if self.track_every < 0:
+            raise ValueError(f"track_every must be >= 0, got {self.track_every}")
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

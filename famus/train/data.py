@@ -48,6 +48,49 @@ class RunData:
         """``(C,)`` training examples per class (by clean label)."""
         return torch.bincount(self.clean_y, minlength=self.num_classes).cpu()
 
+    def label_counts(self) -> Tensor:
+        """``(C,)`` training examples per class by the (noisy) training label: what a trainer can count."""
+        return torch.bincount(self.train_y, minlength=self.num_classes).cpu()
+
+    def class_groups(self) -> tuple[dict[str, list[int]], str]:
+        """Many-, medium- and few-shot classes of the training set; see :func:`shot_groups`."""
+        return shot_groups(self.class_counts())
+
+
+GROUPS = ("many", "medium", "few")
+
+
+def shot_groups(counts: Tensor, many_above: int = 100, few_below: int = 20) -> tuple[dict[str, list[int]], str]:
+    """Split classes into many-, medium- and few-shot groups by their training counts.
+
+    The standard long-tail rule (OLTR, Liu et al. 2019; used for CIFAR-100-LT) is many: more than
+    100 training examples, medium: 20-100, few: fewer than 20. When that leaves a group empty (e.g.
+    CIFAR-10-LT or Fashion-MNIST-LT, whose tail still has 50+ examples), the classes are split into
+    tertiles of their counts instead: the ``round(C / 3)`` largest are many-shot, the ``round(C / 3)``
+    smallest few-shot, the rest medium (ties broken by class index).
+
+    Args:
+        counts: ``(C,)`` training examples per class.
+
+    Returns:
+        ``({"many": [...], "medium": [...], "few": [...]}, rule)``; ``rule`` is ``"thresholds"`` or
+        ``"tertiles"``.
+    """
+    counts = torch.as_tensor(counts).reshape(-1).cpu()
+    c = counts.numel()
+    groups = {
+        "many": [i for i in range(c) if counts[i] > many_above],
+        "medium": [i for i in range(c) if few_below <= counts[i] <= many_above],
+        "few": [i for i in range(c) if counts[i] < few_below],
+    }
+    if all(groups.values()):
+        return groups, "thresholds"
+    # stable sort on -count: equal counts keep class order
+    order = sorted(range(c), key=lambda i: (-int(counts[i]), i))
+    k = max(1, round(c / 3)) if c >= 2 else 0
+    groups = {"many": sorted(order[:k]), "medium": sorted(order[k : c - k]), "few": sorted(order[c - k :] if k else [])}
+    return groups, "tertiles"
+
 
 def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> RunData:
     """Load and split the dataset for ``cfg``; independent of the method, so methods compare on identical data.

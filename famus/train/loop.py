@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 import famus
 from famus.data import NOISE, save_noisy_labels
+from famus.losses import LOSSES, build_loss
 from famus.meta import ENGINES, METHODS, MetaLearner
 from famus.models import MODELS, build_model
 from famus.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from famus.train.config import TrainConfig, from_dict, load_config
-from famus.train.data import RunData, prepare_data
+from famus.train.data import GROUPS, RunData, prepare_data
 from famus.train.metrics import MetricsWriter
 
 CHECKPOINT = "checkpoint.pt"
@@ -83,6 +84,22 @@ def _validate_names(cfg: TrainConfig) -> None:
         METHODS.get(cfg.method)
         ENGINES.get(cfg.meta_grad)
     NOISE.get(cfg.noise)
+    LOSSES.get(cfg.loss)
+    if cfg.loss != "ce" and cfg.method != "erm" and "loss_fn" not in _init_params(cfg.method):
+        raise ValueError(f"method {cfg.method!r} has its own training loss; --loss {cfg.loss} cannot be combined "
+                         "with it (use --loss ce)")
+
+
+def _init_params(method: str) -> set[str]:
+    return set(inspect.signature(METHODS.get(method).__init__).parameters)
+
+
+def group_accuracy(per_class: torch.Tensor, groups: dict[str, list[int]]) -> dict[str, float | None]:
+    """Mean per-class test accuracy of each many/medium/few-shot group (``None`` for an empty group).
+
+    The mean of per-class accuracies equals the group's accuracy on a class-balanced test set.
+    """
+    return {g: round(float(per_class[groups[g]].mean()), 6) if groups[g] else None for g in GROUPS}
 
 
 def lr_at(cfg: TrainConfig, epoch: int, step: int) -> float:
@@ -122,7 +139,8 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
         config: a :class:`TrainConfig`, a dict of config keys, or a YAML file path.
 
     Returns:
-        ``{"run_dir", "best_test_acc", "last_test_acc", "time_per_iter_s", "epochs"}``.
+        ``{"run_dir", "best_test_acc", "last_test_acc", "time_per_iter_s", "epochs"}``, plus the last
+        epoch's ``group_acc`` (many/medium/few-shot) and ``group_rule`` for long-tailed runs.
 
     The run folder holds ``config.yaml`` (resolved), ``run.json`` (seed, code version,
     environment), ``noisy_labels.pt``, ``metrics.jsonl`` (one record per epoch),
@@ -145,12 +163,19 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
                         **model_options).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
+    # per-class terms (LDAM margins, CB weights) count the training labels the trainer actually has
+    loss_fn = build_loss(cfg.loss, data.label_counts(), **cfg.loss_options)
+    if cfg.loss == "ce":
+        loss_fn = None  # F.cross_entropy as before, so plain runs stay bit-identical
     learner = None
     if cfg.method != "erm":
         if data.meta_x.shape[0] == 0:
             raise ValueError(f"method {cfg.method!r} needs a meta set: pass --meta-per-class k > 0")
+        extra: dict[str, Any] = {"loss_fn": loss_fn} if loss_fn is not None else {}
+        if "num_classes" in _init_params(cfg.method) and "num_classes" not in cfg.method_options:
+            extra["num_classes"] = data.num_classes  # MLC's transition matrix is C x C
         learner = MetaLearner(model, opt, cfg.method, cfg.meta_grad, seed=cfg.seed + 2,
-                              **cfg.method_options, **cfg.engine_options)
+                              **cfg.method_options, **cfg.engine_options, **extra)
         learner.bind(data.augmenter.normalize(data.train_x[:2]))
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch order, meta batches, augmentation
     n = data.train_x.shape[0]
@@ -160,6 +185,8 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
     iters = n // batch  # drop the ragged last batch: BatchNorm needs > 1 example
     meta_bs = min(cfg.meta_batch_size or cfg.batch_size, data.meta_x.shape[0]) if learner else 0
 
+    # many/medium/few-shot groups by training class counts, reported for long-tailed runs
+    groups, group_rule = data.class_groups() if cfg.imbalance > 1 else (None, None)
     start_epoch, step, best, elapsed = 0, 0, 0.0, 0.0
     if cfg.resume:
         ck = load_checkpoint(run_dir / CHECKPOINT)
@@ -176,29 +203,45 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
         run_info = {"seed": cfg.seed, "code_version": code_version(), "torch": torch.__version__,
                     "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
                     "train_examples": n, "meta_examples": int(data.meta_x.shape[0]),
-                    "realised_noise_rate": data.noise.rate, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "realised_noise_rate": data.noise.rate, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "class_counts": data.class_counts().tolist()}
+        if groups is not None:
+            run_info.update(class_groups=groups, group_rule=group_rule)
         atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
         save_noisy_labels(run_dir / "noisy_labels.pt", data.clean_y.cpu(), data.noise)
         torch.save({"train_index": data.train_index, "meta_index": data.meta_index}, run_dir / "split.pt")
     metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
                             keep_until=start_epoch if cfg.resume else None)
 
+    tracker = None
+    if learner is not None and cfg.track_every:
+        from famus.report.tracking import Tracker
+
+        tracker = Tracker(run_dir, cfg.track_every, [i.name for i in learner.layer_infos],
+                          keep_until=step if cfg.resume else None)
+        if cfg.resume and ck.get("tracker"):
+            tracker.load_state_dict(ck["tracker"])
     bar = tqdm(total=cfg.epochs * iters, initial=start_epoch * iters, disable=not cfg.progress,
                desc=f"{cfg.method}/{cfg.meta_grad}" if learner else "erm", unit="it", dynamic_ncols=True)
     last = 0.0
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            record = _train_epoch(cfg, model, opt, learner, data, gen, epoch, step, iters, batch, meta_bs, bar)
+            if loss_fn is not None:
+                loss_fn.set_epoch(epoch)  # LDAM's deferred re-weighting
+            record = _train_epoch(cfg, model, opt, learner, data, gen, epoch, step, iters, batch, meta_bs, bar,
+                                  loss_fn=loss_fn, tracker=tracker)
             step += iters
             acc, per_class = evaluate(model, data, cfg.eval_batch_size)
             last, best = acc, max(best, acc)
             elapsed += record.pop("epoch_time_s")
             record.update(epoch=epoch + 1, step=step, test_acc=acc, best_test_acc=best, wall_time_s=elapsed,
                           per_class_acc=[round(float(a), 6) for a in per_class])
+            if groups is not None:
+                record.update(group_acc=group_accuracy(per_class, groups), group_rule=group_rule)
             ck = {"epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                   "learner": learner.state_dict() if learner else None, "generator": gen.get_state(),
                   "torch_rng": torch.random.get_rng_state(), "best_test_acc": best, "elapsed_s": elapsed,
-                  "config": cfg.to_dict()}
+                  "config": cfg.to_dict(), "tracker": tracker.state_dict() if tracker else None}
             save_checkpoint(run_dir / CHECKPOINT, ck)
             if acc >= best:
                 save_checkpoint(run_dir / "model_best.pt", {"epoch": epoch + 1, "model": model.state_dict()})
@@ -207,13 +250,20 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
     finally:
         bar.close()
         metrics.close()
+        if tracker is not None:
+            tracker.close()
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     its = [r["time_per_iter_s"] for r in rows]
-    return {"run_dir": str(run_dir), "best_test_acc": best, "last_test_acc": rows[-1]["test_acc"] if rows else last,
-            "time_per_iter_s": sum(its) / len(its) if its else math.nan, "epochs": len(rows)}
+    summary = {"run_dir": str(run_dir), "best_test_acc": best,
+               "last_test_acc": rows[-1]["test_acc"] if rows else last,
+               "time_per_iter_s": sum(its) / len(its) if its else math.nan, "epochs": len(rows)}
+    if rows and "group_acc" in rows[-1]:
+        summary.update(group_acc=rows[-1]["group_acc"], group_rule=rows[-1]["group_rule"])
+    return summary
 
 
-def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iters, batch, meta_bs, bar):
+def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iters, batch, meta_bs, bar, loss_fn=None,
+                 tracker=None):
     """One epoch; returns its metrics record (floats), syncing only every ``log_every`` steps."""
     model.train()
     dev = data.train_x.device
@@ -233,13 +283,18 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
         x = data.augmenter(data.train_x[idx], gen)
         y = data.train_y[idx]
         if learner is None:
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x), y) if loss_fn is None else loss_fn(model(x), y).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         else:
             midx = torch.randperm(data.meta_x.shape[0], generator=gen)[:meta_bs].to(dev)
-            stats = learner.step(x, y, data.augmenter(data.meta_x[midx], gen), data.meta_y[midx])
+            xm, ym = data.augmenter(data.meta_x[midx], gen), data.meta_y[midx]
+            stats = learner.step(x, y, xm, ym)
+            if tracker is not None and tracker.should_track(step + it + 1):
+                t_track = time.perf_counter()  # tracking is analysis, not training time
+                tracker.record(step + it + 1, epoch + 1, learner, x, y, xm, ym, stats, data.corrupted[idx])
+                t_epoch += time.perf_counter() - t_track
             loss = stats.train_loss
             meta_sum += stats.meta_loss.double()
             w = stats.weights.double()

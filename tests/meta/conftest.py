@@ -34,6 +34,16 @@ def make_batches(seed=0, n=6, m=5, classes=3, size=5, dtype=torch.float64):
     return x, y, xm, ym
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: with other processes on the machine, OpenMP threads waiting on a
+    busy core make each op ~10x slower, and one thread is as fast when the machine is idle."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)

@@ -30,7 +30,10 @@ def _data(n, gen):
     return x, y
 
 
-ENGINE_OPTS = {"exact": {}, "famus": {}, "random": {"s": 2}, "block": {"layers": ["block", "head"]}}
+ENGINE_OPTS = {
+    "exact": {}, "famus": {}, "random": {"s": 2}, "block": {"layers": ["block", "head"]},
+    "jvp": {}, "fd": {}, "famus-jvp": {}, "famus-fd": {},
+}
 
 
 @pytest.mark.parametrize("method", ["mwnet", "l2r"])
@@ -98,9 +101,10 @@ def test_model_with_no_parameters():
 
 def test_unknown_method_engine_and_option_list_valid_names():
     model, opt, _ = _setup()
-    with pytest.raises(UnknownNameError, match=r"unknown method 'mw'.*l2r, mwnet"):
+    with pytest.raises(UnknownNameError, match=r"unknown method 'mw'.*l2r, .*mwnet"):
         famus.MetaLearner(model, opt, "mw")
-    with pytest.raises(UnknownNameError, match=r"unknown engine 'fast'.*block, exact, famus, random"):
+    valid = "block, exact, famus, famus-fd, famus-jvp, fd, jvp, random"
+    with pytest.raises(UnknownNameError, match=rf"unknown engine 'fast'.*{valid}"):
         famus.MetaLearner(model, opt, "mwnet", "fast")
     with pytest.raises(TypeError, match=r"unknown option 'kk'.*temperature"):
         famus.MetaLearner(model, opt, "mwnet", "famus", kk=3)

@@ -74,7 +74,7 @@ def _err(capsys):
         (["--noise-rate", "1.5"], "noise rate must be in [0, 1]"),
         (["--dataset", "nope"], "unknown dataset 'nope'; valid datasets: cifar10"),
         (["--model", "nope"], "unknown model 'nope'"),
-        (["--method", "nope"], "unknown method 'nope'; valid methods: l2r, mwnet"),
+        (["--method", "nope"], "unknown method 'nope'; valid methods: l2r, mlc, mwnet"),
         (["--meta-grad", "nope"], "unknown engine 'nope'"),
         (["--noise", "nope"], "unknown noise 'nope'"),
         (["--meta-per-class", "1000"], "meta set needs 1000 examples per class"),
@@ -160,3 +160,12 @@ def main_raise(argv):
     from famus.cli import build_parser, config_from_args
 
     return config_from_args(build_parser().parse_args(argv))
+
+
+def test_track_every_then_report(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *BASE, "--epochs", "1", "--meta-grad", "famus", "--track-every", "5", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "tracking.jsonl").read_text().splitlines()]
+    assert rows and all(-1.0001 <= r["meta_grad"]["cosine"] <= 1.0001 for r in rows)
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "index.html").stat().st_size > 1000

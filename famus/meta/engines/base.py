@@ -59,6 +59,8 @@ class MetaBatch:
         method: the meta-learning method.
         theta: meta parameters (leaf tensors) the meta gradient is taken for.
         layers: parameterised layers in forward order.
+        keep_virtual: the learner will backprop the Actual-Train loss through the Virtual-Train
+            graph (Actual-Train reuse): keep that graph alive and return its logits.
     """
 
     model: nn.Module
@@ -72,6 +74,7 @@ class MetaBatch:
     method: MetaMethod
     theta: dict[str, Tensor]
     layers: list[LayerInfo]
+    keep_virtual: bool = False
 
 
 @dataclass
@@ -87,6 +90,13 @@ class MetaResult:
         weights: Virtual-Train coefficients ``c`` ``(n,)``, detached.
         aux: other detached scalars (``loss_r``, ``loss_g``).
         times: stage name -> seconds, for the four meta stages.
+        virtual_logits: ``(n, C)`` Virtual-Train logits at w, still in their autograd graph; set only
+            when ``batch.keep_virtual`` and the forward pass drew no random numbers (no dropout), so
+            that they equal the Actual-Train forward's logits.
+        virtual_buffers: buffer name -> value after the Virtual-Train forward alone (the running
+            statistics an Actual-Train forward on the same batch would produce).
+        train_grads: parameter name -> detached Virtual-Train gradient ``grad_w sum_i c_i L_i`` at the
+            old meta parameters (what the lagged mode steps with); ``None`` for unused parameters.
     """
 
     meta_grads: dict[str, Tensor]
@@ -97,6 +107,9 @@ class MetaResult:
     weights: Tensor | None = None
     aux: dict[str, Tensor] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    virtual_logits: Tensor | None = None
+    virtual_buffers: dict[str, Tensor] | None = None
+    train_grads: dict[str, Tensor | None] | None = None
 
 
 class Engine:

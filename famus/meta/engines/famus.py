@@ -1,4 +1,9 @@
-"""FaMUS: a learned gradient sampler per layer decides which layers feed the meta gradient."""
+"""FaMUS: a learned gradient sampler per layer decides which layers feed the meta gradient.
+
+``famus`` runs over second-order backprop (the paper's algorithm); ``famus-jvp`` and ``famus-fd``
+run the same samplers, gates and losses over the forward-mode engines, which give the same
+meta and sampler gradients for the same gates (see :mod:`.directional`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, select_layers
+from famus.meta.engines.directional import FD, JVP
 from famus.meta.engines.second_order import second_order
 from famus.meta.layers import LayerInfo
 from famus.meta.sampler import GradientSampler, gumbel_gates, pooled_gradient
@@ -100,10 +106,14 @@ class FaMUS(Engine):
 
         return fn
 
+    def run(self, batch: MetaBatch, contributing: set[str] | None, gate_fn=None, lambda_g: float = 0.0) -> MetaResult:
+        """The meta-gradient backend: second-order backprop here, forward mode in the subclasses."""
+        return second_order(batch, contributing, gate_fn, lambda_g)
+
     def compute(self, batch, generator, layers=None):
         if layers is not None:  # fixed layers: Eq. 9's g' for that set, no sampler, no L_g
-            return second_order(batch, select_layers(batch.layers, layers))
-        res = second_order(batch, self.pinned, self.gate_fn(batch, generator), lambda_g=self.lambda_g)
+            return self.run(batch, select_layers(batch.layers, layers))
+        res = self.run(batch, self.pinned, self.gate_fn(batch, generator), lambda_g=self.lambda_g)
         one = batch.x.new_ones(())
         gates = res.gates or {}
         res.gates = {i.name: gates.get(i.name, one) for i in batch.layers if i.name in gates or i.name in self.pinned}
@@ -126,3 +136,42 @@ class FaMUS(Engine):
     def load_state_dict(self, state: dict) -> None:
         self.samplers.load_state_dict(state["samplers"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+@ENGINES.register("famus-jvp")
+class FaMUSJVP(FaMUS):
+    """FaMUS over the ``jvp`` engine: the direction is restricted to the sampled (and pinned) layers.
+
+    Args:
+        stages: see :class:`~famus.meta.engines.directional.Directional`.
+        **options: the options of :class:`FaMUS` (``k``, ``lambda_r``, ``lambda_g``, ...).
+    """
+
+    name = "famus-jvp"
+
+    def __init__(self, stages: str | list[str] | None = "auto", **options) -> None:
+        super().__init__(**options)
+        self.backend = JVP(stages)
+
+    def run(self, batch, contributing, gate_fn=None, lambda_g=0.0):
+        return self.backend.run(batch, contributing, gate_fn, lambda_g)
+
+
+@ENGINES.register("famus-fd")
+class FaMUSFD(FaMUS):
+    """FaMUS over the ``fd`` engine (central differences from the cached activations).
+
+    Args:
+        fd_eps: relative finite-difference step (see :class:`~famus.meta.engines.directional.FD`).
+        stages: see :class:`~famus.meta.engines.directional.Directional`.
+        **options: the options of :class:`FaMUS`.
+    """
+
+    name = "famus-fd"
+
+    def __init__(self, fd_eps: float | None = None, stages: str | list[str] | None = "auto", **options) -> None:
+        super().__init__(**options)
+        self.backend = FD(fd_eps, stages)
+
+    def run(self, batch, contributing, gate_fn=None, lambda_g=0.0):
+        return self.backend.run(batch, contributing, gate_fn, lambda_g)

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, select_layers
+from famus.meta.engines.staging import rng_state, same_rng_state
 
 # gate_fn(grads) -> (gates, extra_loss, sampler_params): gates maps layer name -> 0-d
 # straight-through tensor in {0, 1}; extra_loss is added to the meta objective.
@@ -62,9 +63,12 @@ def second_order(
         :class:`MetaResult` with the gradient of ``L_c + lambda_g L_g + extra`` w.r.t. theta
         and the sampler parameters that ``gate_fn`` returned.
     """
-    timer = StageTimer(batch.x.device)
-    state = {**batch.params, **batch.buffers}
-    logits = functional_call(batch.model, state, (batch.x,))
+    device = batch.x.device
+    timer = StageTimer(device)
+    rng_before = rng_state(device)
+    logits = functional_call(batch.model, {**batch.params, **batch.buffers}, (batch.x,))
+    # a forward that drew random numbers (dropout) does not equal a later Actual-Train forward
+    keep = batch.keep_virtual and same_rng_state(rng_before, rng_state(device))
     loss, c = batch.method.loss(logits, batch.y, batch.theta)
     timer.mark("virtual_forward")
 
@@ -96,7 +100,10 @@ def second_order(
                 w_hat[pn] = w - lr * g
             else:
                 w_hat[pn] = (w - lr * g).detach()
-    meta_logits = functional_call(batch.model, {**w_hat, **batch.buffers}, (batch.x_meta,))
+    # batch.buffers now hold the Virtual-Train statistics, which Actual-Train reuse copies back:
+    # the meta pass writes into its own clones
+    meta_buffers = {n: b.clone() for n, b in batch.buffers.items()}
+    meta_logits = functional_call(batch.model, {**w_hat, **meta_buffers}, (batch.x_meta,))
     meta_loss = F.cross_entropy(meta_logits, batch.y_meta)
     timer.mark("meta_forward")
 
@@ -116,6 +123,8 @@ def second_order(
     theta_names = list(batch.theta)
     sampler_names = list(sampler_params)
     inputs = [batch.theta[n] for n in theta_names] + [sampler_params[n] for n in sampler_names]
+    # No retain_graph needed for Actual-Train reuse: this backward only runs nodes on a path to
+    # theta and the samplers, and the Virtual-Train forward nodes (logits -> w) are not on one.
     out = torch.autograd.grad(objective, inputs, allow_unused=True)
     out = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, out)]
     meta_grads = dict(zip(theta_names, out[: len(theta_names)]))
@@ -130,6 +139,9 @@ def second_order(
         weights=c.detach(),
         aux=aux,
         times=timer.times,
+        virtual_logits=logits if keep else None,
+        virtual_buffers=batch.buffers,
+        train_grads={n: None if g is None else g.detach() for n, g in grads.items()},
     )
 
 

@@ -1,0 +1,373 @@
+"""``famus bench``: every meta-gradient engine side by side, on the same batches, in one process.
+
+For each engine it reports the six stages of the paper's Fig. 1b, the time per iteration (all
+three stages), the ratio to an ERM step of the same model (forward, backward, optimizer step),
+the speed-up over ``exact``, the peak memory of one iteration, and how close the engine's meta
+gradient is to ``exact``'s on the same batch and state.
+
+Engine specs are engine names with optional suffixes: ``+lagged`` (one-backward mode, see
+:class:`~famus.meta.learner.MetaLearner`) and ``+noreuse`` (a separate Actual-Train forward
+instead of reusing the Virtual-Train one).
+
+>>> result = bench("resnet20", (3, 32, 32), 32, "mwnet", ["exact", "famus-fd"], repeats=2)  # doctest: +SKIP
+>>> print(format_table(result))  # doctest: +SKIP
+
+Command line: ``python -m famus.bench --model resnet32 --input-shape 3,32,32 --batch-size 100
+--method mwnet --engines exact,famus,jvp,fd,famus-fd,famus-fd+lagged --repeats 5 --json out.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from famus.meta.engines import ENGINES, STAGES
+from famus.meta.learner import LAGGED_SUFFIX, MetaLearner, _init_options
+from famus.meta.methods import METHODS
+
+DEFAULT_ENGINES = ("exact", "famus", "jvp", "fd", "famus-fd", "famus-fd+lagged")
+NOREUSE_SUFFIX = "+noreuse"
+CPU_MEMORY = "CPU: peak of the running sum of tensor allocations minus frees during one iteration (torch.profiler)"
+CUDA_MEMORY = "CUDA: torch.cuda.max_memory_allocated during one iteration minus the allocation before it"
+
+
+def parse_engine(spec: str) -> tuple[str, bool, bool]:
+    """``"famus-fd+lagged"`` -> ``("famus-fd", lagged=True, reuse=True)``; suffixes in any order."""
+    base, lagged, reuse = spec, False, True
+    while True:
+        if base.endswith(LAGGED_SUFFIX):
+            base, lagged = base[: -len(LAGGED_SUFFIX)], True
+        elif base.endswith(NOREUSE_SUFFIX):
+            base, reuse = base[: -len(NOREUSE_SUFFIX)], False
+        else:
+            break
+    ENGINES.get(base)  # unknown names fail here, listing the valid ones
+    return base, lagged, reuse
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build(model: str | Callable[[], nn.Module] | nn.Module, num_classes: int, in_channels: int) -> nn.Module:
+    if isinstance(model, str):
+        from famus.models import build_model
+
+        return build_model(model, num_classes, in_channels=in_channels)
+    if isinstance(model, nn.Module):
+        return copy.deepcopy(model)
+    out = model()
+    if not isinstance(out, nn.Module):
+        raise TypeError(f"the model factory returned {type(out).__name__}, not an nn.Module")
+    return out
+
+
+def _flat(grads: dict[str, Tensor]) -> Tensor:
+    return torch.cat([grads[k].detach().reshape(-1).double() for k in sorted(grads) if not k.startswith("sampler:")])
+
+
+def _peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak bytes of tensor memory above the starting level while ``fn`` runs (see the module constants)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:  # raw allocation events: kineto's list keeps every alloc (+) and free (-) with its time
+        raw = prof.profiler.kineto_results.events()
+        events = sorted((e.start_ns(), e.nbytes()) for e in raw if e.name() == "[memory]")
+    except (AttributeError, RuntimeError):
+        return None
+    level = peak = 0
+    for _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return int(peak)
+
+
+class _ERM:
+    """A plain training step of the same model: forward, cross-entropy, backward, SGD step."""
+
+    def __init__(self, model: nn.Module, lr: float) -> None:
+        self.model = model
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+    def step(self, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(x), y).backward()
+        self.optimizer.step()
+
+
+def _learner_options(options: dict, method: str, engine: str) -> dict:
+    """The subset of ``options`` this method and engine accept."""
+    accepted = _init_options(METHODS.get(method)) | _init_options(ENGINES.get(engine))
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+def bench(
+    model: str | Callable[[], nn.Module] | nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    method: str = "mwnet",
+    engines: Sequence[str] = DEFAULT_ENGINES,
+    repeats: int = 5,
+    warmup: int = 2,
+    meta_batch_size: int | None = None,
+    num_classes: int = 10,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    lr: float = 0.1,
+    **options,
+) -> dict:
+    """Time every engine on the same batches and compare its meta gradient with ``exact``'s.
+
+    Args:
+        model: a ``famus.models`` registry name (e.g. ``"resnet32"``), an ``nn.Module`` (copied),
+            or a factory returning one.
+        input_shape: one example's shape, e.g. ``(3, 32, 32)``; batches are ``(batch_size, *input_shape)``
+            standard-normal inputs with uniform random labels.
+        batch_size: training batch size ``n``.
+        method: ``"mwnet"`` or ``"l2r"``.
+        engines: engine specs (names with optional ``+lagged`` / ``+noreuse``).
+        repeats: timed iterations per engine; the report gives medians.
+        warmup: untimed iterations per engine first.
+        meta_batch_size: ``m`` (default: ``batch_size``, the paper's setting).
+        num_classes: classes of the model and labels.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        seed: seeds the data, the model and every learner (same samplers, same gates).
+        lr: base learning rate (alpha of the virtual step).
+        **options: method/engine options (e.g. ``k=4``, ``fd_eps=1e-3``), given to each learner that
+            accepts them; one that no engine accepts is an error.
+
+    Returns:
+        A JSON-ready dict: ``erm_step_s``, ``engines`` (spec -> ``iteration_s``, ``speedup_vs_exact``,
+        ``ratio_to_erm``, ``cosine_to_exact``, ``rel_error_to_exact``, ``peak_memory_bytes``,
+        ``stages``, ...), and the settings (``memory_method``, ``timing``, ...).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    specs = list(dict.fromkeys(engines))
+    parsed = {s: parse_engine(s) for s in specs}
+    METHODS.get(method)
+    unused = set(options) - set().union(*(_learner_options(options, method, b) for b, _, _ in parsed.values()))
+    if unused:
+        raise TypeError(f"options {sorted(unused)} are accepted by none of the engines {specs} or method {method!r}")
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = meta_batch_size or batch_size
+    shape = tuple(int(s) for s in input_shape)
+    torch.manual_seed(seed)
+    model0 = _build(model, num_classes, shape[0]).to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(warmup + repeats + 1):  # +1: the memory iteration
+        x = torch.randn((batch_size, *shape), generator=gen)
+        xm = torch.randn((m, *shape), generator=gen)
+        y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+        ym = torch.randint(0, num_classes, (m,), generator=gen)
+        batches.append(tuple(t.to(dev) for t in (x, y, xm, ym)))
+
+    def learner(base: str, lagged: bool, reuse: bool) -> MetaLearner:
+        net = copy.deepcopy(model0)
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        torch.manual_seed(seed)  # same meta model and sampler initialisation for every engine
+        out = MetaLearner(
+            net, opt, method, base, seed=seed, reuse_forward=reuse, lagged=lagged,
+            **_learner_options(options, method, base),
+        )
+        out.bind(batches[0][0])
+        return out
+
+    # meta gradients of every engine at the same state on the first batch
+    reference = _flat(learner("exact", False, True).meta_gradient(*batches[0]))
+    runners: dict[str, object] = {"erm": _ERM(copy.deepcopy(model0), lr)}
+    report: dict[str, dict] = {}
+    for spec, (base, lagged, reuse) in parsed.items():
+        try:
+            runners[spec] = lrn = learner(base, lagged, reuse)
+        except ValueError as e:  # e.g. lagged L2R
+            report[spec] = {"error": str(e)}
+            continue
+        got = _flat(lrn.meta_gradient(*batches[0]))
+        report[spec] = {
+            "engine": base,
+            "lagged": lagged,
+            "reuse_forward": reuse,
+            "cosine_to_exact": float(F.cosine_similarity(got, reference, dim=0)),
+            "rel_error_to_exact": float((got - reference).norm() / reference.norm().clamp_min(1e-300)),
+        }
+
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    stages: dict[str, list[dict[str, float]]] = {k: [] for k in runners}
+    reused: dict[str, bool] = {}
+    for r in range(warmup + repeats):
+        for name, runner in runners.items():  # interleaved: load from other processes hits all alike
+            _sync(dev)
+            t0 = time.perf_counter()
+            stats = runner.step(*batches[r])
+            _sync(dev)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+                if stats is not None:
+                    stages[name].append(stats.times)
+            if isinstance(runner, MetaLearner):
+                reused[name] = runner.reused_forward
+    memory = {name: _peak_memory(lambda rn=runner: rn.step(*batches[-1]), dev) for name, runner in runners.items()}
+
+    erm_s = statistics.median(times["erm"])
+    exact_s = statistics.median(times["exact"]) if "exact" in times else None
+    for spec, row in report.items():
+        if "error" in row:
+            continue
+        it = statistics.median(times[spec])
+        row.update(
+            iteration_s=it,
+            iteration_s_all=times[spec],
+            speedup_vs_exact=exact_s / it if exact_s else None,
+            ratio_to_erm=it / erm_s,
+            peak_memory_bytes=memory[spec],
+            stages={s: statistics.median(t[s] for t in stages[spec]) for s in STAGES},
+            reused_forward=reused.get(spec, False),
+        )
+    return {
+        "model": model if isinstance(model, str) else type(model0).__name__,
+        "input_shape": list(shape),
+        "batch_size": batch_size,
+        "meta_batch_size": m,
+        "method": method,
+        "num_classes": num_classes,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": repeats,
+        "warmup": warmup,
+        "timing": f"median of {repeats} iterations after {warmup} warm-up ones, engines interleaved"
+        + (", CUDA-synchronized" if dev.type == "cuda" else ""),
+        "memory_method": CUDA_MEMORY if dev.type == "cuda" else CPU_MEMORY,
+        "options": {k: v for k, v in options.items()},
+        "erm_step_s": erm_s,
+        "erm_step_s_all": times["erm"],
+        "erm_peak_memory_bytes": memory["erm"],
+        "engines": report,
+    }
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`bench` as a plain-text table (times in ms, memory in MiB)."""
+    short = {"virtual_forward": "vf", "virtual_backward": "vb", "meta_forward": "mf",
+             "meta_backward": "mb", "actual_forward": "af", "actual_backward": "ab"}
+    head = ["engine", "iter ms", "x ERM", "vs exact", "cos", "rel err", "peak MiB"] + [short[s] for s in STAGES]
+    rows = [head]
+    for spec, row in result["engines"].items():
+        if "error" in row:
+            rows.append([spec, "n/a: " + row["error"]])
+            continue
+        mem = row["peak_memory_bytes"]
+        rows.append([
+            spec,
+            _fmt(row["iteration_s"] * 1e3, ".0f"),
+            _fmt(row["ratio_to_erm"], ".2f"),
+            _fmt(row["speedup_vs_exact"], ".2f") + ("x" if row["speedup_vs_exact"] else ""),
+            _fmt(row["cosine_to_exact"], ".6f"),
+            _fmt(row["rel_error_to_exact"], ".1e"),
+            _fmt(None if mem is None else mem / 2**20, ".0f"),
+            *(_fmt(row["stages"][s] * 1e3, ".0f") for s in STAGES),
+        ])
+    widths = [max(len(r[i]) for r in rows if len(r) > i and len(r) == len(head)) for i in range(len(head))]
+    lines = []
+    for r in rows:
+        if len(r) != len(head):
+            lines.append(f"{r[0]:<{widths[0]}}  {r[1]}")
+        else:
+            lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    erm_mem = result.get("erm_peak_memory_bytes")
+    title = (
+        f"{result['model']} {'x'.join(map(str, result['input_shape']))}, batch {result['batch_size']}, "
+        f"meta batch {result['meta_batch_size']}, {result['method']}, {result['device']} "
+        f"({result['threads']} threads); ERM step {result['erm_step_s'] * 1e3:.0f} ms"
+        + (f", {erm_mem / 2**20:.0f} MiB" if erm_mem is not None else "")
+    )
+    notes = [
+        f"timing: {result['timing']}; stages (ms): " + ", ".join(f"{short[s]}={s}" for s in STAGES),
+        f"memory: {result['memory_method']}",
+        "cos / rel err: the engine's meta gradient against exact's, same state and batch (FaMUS: its sampled gates)",
+    ]
+    return "\n".join([title, *lines, *notes])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``famus bench`` flags to ``parser``."""
+    parser.add_argument("--model", default="resnet32", help="famus.models name or 'package.module:function'")
+    parser.add_argument("--input-shape", default="3,32,32", help="C,H,W of one example")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--method", default="mwnet", choices=METHODS.names())
+    parser.add_argument(
+        "--engines", default=",".join(DEFAULT_ENGINES),
+        help="comma-separated engine names, each optionally with +lagged or +noreuse",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed iterations per engine (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per engine first")
+    parser.add_argument("--meta-batch-size", type=int, default=None, help="default: the batch size")
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=0.1, help="base learning rate (alpha)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    return parser
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run :func:`bench` from parsed arguments, print the table, write ``--json``; returns the exit code."""
+    try:
+        shape = tuple(int(s) for s in str(args.input_shape).split(","))
+    except ValueError:
+        print(f"famus bench: --input-shape must be integers like 3,32,32, got {args.input_shape!r}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    try:
+        result = bench(
+            args.model, shape, args.batch_size, args.method, engines, repeats=args.repeats, warmup=args.warmup,
+            meta_batch_size=args.meta_batch_size, num_classes=args.num_classes, device=args.device,
+            seed=args.seed, lr=args.lr,
+        )
+    except (ValueError, TypeError, KeyError) as e:
+        print(f"famus bench: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="famus bench", description=__doc__.split("\n")[0]))
+    return run_cli(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Long-tailed losses: LDAM margins and DRW, focal, class-balanced weights; MW-Net/L2R on top of them."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import famus
+from famus.losses import LOSSES, build_loss, class_balanced_weights, ldam_margins
+from famus.registry import UnknownNameError
+
+from .meta.conftest import TinyResNet, make_batches
+from .meta.test_exactness import _fd_check
+
+COUNTS = torch.tensor([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])  # CIFAR-10-LT, imbalance 100
+
+
+def _batch(seed=0, n=12, c=10, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g, dtype=dtype) * 3, torch.randint(0, c, (n,), generator=g)
+
+
+def test_ldam_margins_proportional_to_inverse_fourth_root_with_largest_max_m():
+    m = ldam_margins(COUNTS, max_m=0.5)
+    ratio = m * COUNTS.double() ** 0.25  # m_j = K / n_j^(1/4): the same K for every class
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])))
+    assert float(m.max()) == pytest.approx(0.5)
+    assert int(m.argmax()) == int(COUNTS.argmin())  # the rarest class gets the largest margin
+    assert torch.all(m[1:] >= m[:-1])  # fewer examples, larger margin
+    # the paper's constant: K chosen so that max_j m_j = 0.5, i.e. K = 0.5 * n_min^(1/4)
+    torch.testing.assert_close(ratio[0], torch.tensor(0.5 * 50**0.25, dtype=torch.float64))
+
+
+def test_ldam_loss_is_ce_of_scaled_logits_with_margin_on_the_true_class():
+    z, y = _batch()
+    loss = build_loss("ldam", COUNTS, max_m=0.5, s=30.0)
+    m = ldam_margins(COUNTS, 0.5)
+    shifted = z.clone()
+    shifted[torch.arange(len(y)), y] -= m[y]
+    torch.testing.assert_close(loss(z, y), F.cross_entropy(30.0 * shifted, y, reduction="none"))
+
+
+def test_ldam_deferred_reweighting_switches_on_at_its_epoch():
+    z, y = _batch()
+    loss = build_loss("ldam", COUNTS, s=1.0, drw_epoch=160, beta=0.9999)
+    plain = loss.unweighted(z, y)
+    for epoch in (0, 159):
+        loss.set_epoch(epoch)
+        assert loss.class_weights is None
+        torch.testing.assert_close(loss(z, y), plain)
+    loss.set_epoch(160)
+    w = class_balanced_weights(COUNTS, 0.9999)
+    torch.testing.assert_close(loss(z, y), w[y] * plain)
+    never = build_loss("ldam", COUNTS, s=1.0)
+    never.set_epoch(10_000)
+    assert never.class_weights is None
+
+
+def test_class_balanced_weights_effective_number():
+    w = class_balanced_weights(COUNTS, 0.9999)
+    raw = (1 - 0.9999) / (1 - 0.9999 ** COUNTS.double())
+    torch.testing.assert_close(w, raw * 10 / raw.sum())
+    assert float(w.sum()) == pytest.approx(10.0)
+    assert torch.all(w[1:] >= w[:-1])
+    torch.testing.assert_close(class_balanced_weights(COUNTS, 0.0), torch.ones(10, dtype=torch.float64))
+    with pytest.raises(ValueError, match="beta"):
+        class_balanced_weights(COUNTS, 1.0)
+
+
+def test_cb_loss_weights_ce_or_focal():
+    z, y = _batch()
+    w = class_balanced_weights(COUNTS, 0.999)
+    ce = F.cross_entropy(z, y, reduction="none")
+    torch.testing.assert_close(build_loss("cb", COUNTS, beta=0.999)(z, y), w[y] * ce)
+    p = torch.exp(-ce)
+    focal = build_loss("cb", COUNTS, beta=0.999, base="focal", gamma=2.0)
+    torch.testing.assert_close(focal(z, y), w[y] * (1 - p) ** 2 * ce)
+
+
+def test_focal_loss():
+    z, y = _batch()
+    ce = F.cross_entropy(z, y, reduction="none")
+    torch.testing.assert_close(build_loss("focal", COUNTS, gamma=0.0)(z, y), ce)
+    p = torch.softmax(z, 1)[torch.arange(len(y)), y]
+    torch.testing.assert_close(build_loss("focal", COUNTS, gamma=2.0)(z, y), (1 - p) ** 2 * ce)
+    # gamma < 1 at a perfectly confident prediction: finite gradient, not nan
+    zc = torch.tensor([[80.0, -80.0]], dtype=torch.float64, requires_grad=True)
+    build_loss("focal", torch.tensor([5, 5]), gamma=0.5)(zc, torch.tensor([0])).sum().backward()
+    assert torch.isfinite(zc.grad).all()
+
+
+def test_ce_loss_and_registry_errors():
+    z, y = _batch()
+    torch.testing.assert_close(build_loss("ce", COUNTS)(z, y), F.cross_entropy(z, y, reduction="none"))
+    assert set(LOSSES.names()) == {"ce", "cb", "focal", "ldam"}
+    with pytest.raises(UnknownNameError, match="valid loss functions: cb, ce, focal, ldam"):
+        build_loss("nope", COUNTS)
+    with pytest.raises(TypeError, match="unknown option.*gama.*valid options: gamma"):
+        build_loss("focal", COUNTS, gama=2)
+
+
+@pytest.mark.parametrize("name,options", [("ce", {}), ("focal", {"gamma": 2.0}), ("cb", {"base": "focal"}),
+                                          ("ldam", {"s": 30.0, "drw_epoch": 0})])
+def test_losses_support_forward_mode_and_double_backward(name, options):
+    """The jvp/fd engines take forward-mode derivatives and differentiate grad_z l once more."""
+    z, y = _batch()
+    loss = build_loss(name, COUNTS, **options)
+    tangent = torch.randn_like(z)
+    _, jvp = torch.func.jvp(lambda t: loss(t, y), (z,), (tangent,))
+    zr = z.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(zr, y).sum(), zr, create_graph=True)
+    torch.testing.assert_close(jvp, (g * tangent).sum(1))
+    (h,) = torch.autograd.grad((g * tangent).sum(), zr)
+    assert torch.isfinite(h).all()
+
+
+def _meta_learner(method, engine="exact", **kw):
+    torch.manual_seed(0)
+    model = TinyResNet().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    return famus.MetaLearner(model, opt, method, engine, **kw)
+
+
+@pytest.mark.parametrize("name,options", [("ldam", {"s": 5.0, "drw_epoch": 0}), ("focal", {"gamma": 1.0})])
+def test_mwnet_on_a_long_tailed_loss_matches_central_differences(name, options):
+    counts = torch.tensor([30, 8, 2])
+    batch = make_batches()
+    learner = _meta_learner("mwnet", loss_fn=build_loss(name, counts, **options))
+    grads = learner.meta_gradient(*batch)
+    theta = {k: v.detach().clone() for k, v in learner.meta_model.named_parameters()}
+    _fd_check(learner, batch, theta, grads)
+    # the per-example loss really is the one the meta model sees
+    plain = _meta_learner("mwnet").meta_gradient(*batch)
+    assert any(not torch.allclose(grads[k], plain[k]) for k in grads)
+
+
+def test_l2r_on_ldam_matches_central_differences():
+    batch = make_batches()
+    learner = _meta_learner("l2r", loss_fn=build_loss("ldam", torch.tensor([30, 8, 2]), s=5.0))
+    grads = learner.meta_gradient(*batch)
+    # a small step: with s=5 the virtual step is large enough that a wider one crosses ReLU kinks
+    _fd_check(learner, batch, {"eps": torch.zeros_like(grads["eps"])}, grads, eps=1e-6)
+
+
+@pytest.mark.parametrize("engine", [e for e in ("jvp", "fd", "famus-jvp", "famus-fd") if e in famus.ENGINES])
+def test_directional_engines_agree_with_exact_on_ldam(engine):
+    batch = make_batches()
+    learner = _meta_learner("mwnet", engine, loss_fn=build_loss("ldam", torch.tensor([30, 8, 2]), s=5.0))
+    exact = learner.meta_gradient(*batch, meta_grad="exact")
+    got = learner.meta_gradient(*batch, layers=famus.layers(learner.model))
+    tol = 1e-6 if engine.endswith("fd") else 1e-9
+    for k in exact:
+        torch.testing.assert_close(got[k], exact[k], rtol=tol, atol=tol * float(exact[k].abs().max()))
