@@ -195,18 +195,27 @@ class MetaLearner:
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         for xs, ys, what in ((x, y, "training"), (x_meta, y_meta, "meta")):
-            if ys.dim() != 1:
-                raise ValueError(f"{what} labels must be 1-D class indices, got shape {tuple(ys.shape)}")
+            soft = what == "training" and ys.dim() == 2 and ys.is_floating_point()
+            if ys.dim() != 1 and not soft:
+                raise ValueError(
+                    f"{what} labels must be 1-D class indices"
+                    + (" (or (n, C) float soft targets)" if what == "training" else "")
+                    + f", got shape {tuple(ys.shape)}"
+                )
             if xs.shape[0] != ys.shape[0]:
                 raise ValueError(
                     f"mismatched {what} batch: inputs have {xs.shape[0]} examples but labels have {ys.shape[0]}"
                 )
             if xs.shape[0] == 0:
                 raise ValueError(f"the {what} batch is empty")
-            if ys.dtype != torch.long:
+            if ys.dtype != torch.long and not soft:
                 raise TypeError(f"{what} labels must be int64 (torch.long), got {ys.dtype}")
         self._bind(x)
         c = self.num_classes
+        if y.dim() == 2:  # soft targets (MixMatch): one column per class
+            if y.shape[1] != c:
+                raise ValueError(f"soft targets have {y.shape[1]} columns but the model has {c} classes")
+            y = y.new_zeros(0, dtype=torch.long)
         bad = (y < 0) | (y >= c)
         bad_m = (y_meta < 0) | (y_meta >= c)
         if bool(bad.any() | bad_m.any()):

@@ -95,7 +95,11 @@ PerExampleLossFn = Callable[[Tensor, Tensor], Tensor]
 
 def per_example_losses(loss_fn: PerExampleLossFn | None, logits: Tensor, y: Tensor) -> Tensor:
     """``(n,)`` training losses: ``loss_fn(logits, y)``, or plain cross-entropy when ``loss_fn`` is None."""
-    return F.cross_entropy(logits, y, reduction="none") if loss_fn is None else loss_fn(logits, y)
+    if loss_fn is not None:
+        return loss_fn(logits, y)
+    if y.dim() == 2:  # soft targets (n, C)
+        return -(y * F.log_softmax(logits, dim=1)).sum(1)
+    return F.cross_entropy(logits, y, reduction="none")
 
 
 def make_meta_optimizer(

@@ -28,6 +28,8 @@ class TrainConfig:
     noise_options: dict[str, Any] = field(default_factory=dict)  # include_true, mapping, matrix, path, key
     imbalance: float = 1.0  # long-tail imbalance factor IF (1 = balanced)
     meta_per_class: int = 100  # clean meta examples per class, held out of training
+    meta_set: str = "clean"  # clean (held-out trusted examples) or pseudo (GMM-selected, no clean labels)
+    pseudo_options: dict[str, Any] = field(default_factory=dict)  # warmup_epochs, p_threshold, alpha, lambda_u, ...
     augment: bool = True
     # model
     model: str = "small-resnet"
@@ -78,7 +80,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.meta_per_class < 0:
             raise ValueError(f"meta_per_class must be >= 0, got {self.meta_per_class}")
-        if self.method != "erm" and self.meta_per_class == 0:
+        if self.meta_set not in ("clean", "pseudo"):
+            raise ValueError(f"meta_set must be 'clean' or 'pseudo', got {self.meta_set!r}")
+        if self.meta_set == "pseudo" and self.resume:
+            raise ValueError("--resume is not supported with --meta-set pseudo yet; start a new run")
+        if self.method != "erm" and self.meta_per_class == 0 and self.meta_set == "clean":
             raise ValueError(f"method {self.method!r} needs a meta set: pass --meta-per-class k > 0")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")

@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,34 @@ def _coerce(cfg: TrainConfig | dict | str | Path) -> TrainConfig:
     return load_config(cfg)
 
 
+def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed_offset: int = 0):
+    """Model, SGD optimizer, per-example loss (``None`` = plain CE) and meta learner (``None`` for ERM).
+
+    ``seed_offset`` gives a second network its own initialization (pseudo-clean co-training).
+    """
+    torch.manual_seed(cfg.seed + seed_offset)
+    model_options = dict(cfg.model_options)
+    if cfg.model in MODELS and "input_size" in inspect.signature(MODELS.get(cfg.model)).parameters:
+        model_options.setdefault("input_size", data.train_x.shape[-1])  # e.g. the MLP's first layer
+    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                        **model_options).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay)
+    # per-class terms (LDAM margins, CB weights) count the training labels the trainer actually has
+    loss_fn = build_loss(cfg.loss, data.label_counts(), **cfg.loss_options)
+    if cfg.loss == "ce":
+        loss_fn = None  # F.cross_entropy as before, so plain runs stay bit-identical
+    learner = None
+    if cfg.method != "erm":
+        extra: dict[str, Any] = {"loss_fn": loss_fn} if loss_fn is not None else {}
+        if "num_classes" in _init_params(cfg.method) and "num_classes" not in cfg.method_options:
+            extra["num_classes"] = data.num_classes  # MLC's transition matrix is C x C
+        learner = MetaLearner(model, opt, cfg.method, cfg.meta_grad, seed=cfg.seed + 2 + seed_offset,
+                              **cfg.method_options, **cfg.engine_options, **extra)
+        learner.bind(data.augmenter.normalize(data.train_x[:2]))
+    return model, opt, loss_fn, learner
+
+
 def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
     """Train one run and return its summary.
 
@@ -147,6 +176,8 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
     ``checkpoint.pt`` (latest, written atomically each epoch) and ``model_best.pt``.
     """
     cfg = _coerce(config).validate()
+    if cfg.meta_set == "pseudo":
+        cfg = replace(cfg, meta_per_class=0)  # no clean examples: the meta set comes from the GMM split
     _validate_names(cfg)
     run_dir = _check_out_dir(cfg)
     device = resolve_device(cfg.device)
@@ -155,28 +186,11 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
 
     # Everything that can fail on bad input happens before the first byte is written.
     data = prepare_data(cfg, device)
-    torch.manual_seed(cfg.seed)
-    model_options = dict(cfg.model_options)
-    if cfg.model in MODELS and "input_size" in inspect.signature(MODELS.get(cfg.model)).parameters:
-        model_options.setdefault("input_size", data.train_x.shape[-1])  # e.g. the MLP's first layer
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                        **model_options).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
-    # per-class terms (LDAM margins, CB weights) count the training labels the trainer actually has
-    loss_fn = build_loss(cfg.loss, data.label_counts(), **cfg.loss_options)
-    if cfg.loss == "ce":
-        loss_fn = None  # F.cross_entropy as before, so plain runs stay bit-identical
-    learner = None
-    if cfg.method != "erm":
-        if data.meta_x.shape[0] == 0:
-            raise ValueError(f"method {cfg.method!r} needs a meta set: pass --meta-per-class k > 0")
-        extra: dict[str, Any] = {"loss_fn": loss_fn} if loss_fn is not None else {}
-        if "num_classes" in _init_params(cfg.method) and "num_classes" not in cfg.method_options:
-            extra["num_classes"] = data.num_classes  # MLC's transition matrix is C x C
-        learner = MetaLearner(model, opt, cfg.method, cfg.meta_grad, seed=cfg.seed + 2,
-                              **cfg.method_options, **cfg.engine_options, **extra)
-        learner.bind(data.augmenter.normalize(data.train_x[:2]))
+    if cfg.meta_set == "pseudo":
+        return _train_pseudo_run(cfg, data, run_dir, device)
+    if cfg.method != "erm" and data.meta_x.shape[0] == 0:
+        raise ValueError(f"method {cfg.method!r} needs a meta set: pass --meta-per-class k > 0")
+    model, opt, loss_fn, learner = build_components(cfg, data, device)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch order, meta batches, augmentation
     n = data.train_x.shape[0]
     if n < 2:
@@ -198,18 +212,7 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
         torch.random.set_rng_state(ck["torch_rng"])
         start_epoch, step, best, elapsed = ck["epoch"], ck["step"], ck["best_test_acc"], ck["elapsed_s"]
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-        run_info = {"seed": cfg.seed, "code_version": code_version(), "torch": torch.__version__,
-                    "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
-                    "train_examples": n, "meta_examples": int(data.meta_x.shape[0]),
-                    "realised_noise_rate": data.noise.rate, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "class_counts": data.class_counts().tolist()}
-        if groups is not None:
-            run_info.update(class_groups=groups, group_rule=group_rule)
-        atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
-        save_noisy_labels(run_dir / "noisy_labels.pt", data.clean_y.cpu(), data.noise)
-        torch.save({"train_index": data.train_index, "meta_index": data.meta_index}, run_dir / "split.pt")
+        _write_run_header(cfg, run_dir, data, device, groups, group_rule)
     metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
                             keep_until=start_epoch if cfg.resume else None)
 
@@ -260,6 +263,38 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
     if rows and "group_acc" in rows[-1]:
         summary.update(group_acc=rows[-1]["group_acc"], group_rule=rows[-1]["group_rule"])
     return summary
+
+
+def _write_run_header(cfg: TrainConfig, run_dir: Path, data: RunData, device: torch.device, groups=None,
+                      group_rule=None) -> None:
+    """config.yaml, run.json (seed, code version, environment), noisy labels and the split."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    run_info = {"seed": cfg.seed, "code_version": code_version(), "torch": torch.__version__,
+                "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
+                "train_examples": int(data.train_x.shape[0]), "meta_examples": int(data.meta_x.shape[0]),
+                "realised_noise_rate": data.noise.rate, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "class_counts": data.class_counts().tolist()}
+    if groups is not None:
+        run_info.update(class_groups=groups, group_rule=group_rule)
+    atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+    save_noisy_labels(run_dir / "noisy_labels.pt", data.clean_y.cpu(), data.noise)
+    torch.save({"train_index": data.train_index, "meta_index": data.meta_index}, run_dir / "split.pt")
+
+
+def _train_pseudo_run(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    from famus.train.pseudo import train_pseudo
+
+    if cfg.method == "erm":
+        raise ValueError("--meta-set pseudo needs a meta-learning method (mwnet or l2r)")
+    _write_run_header(cfg, run_dir, data, device)
+    iters = data.train_x.shape[0] // min(cfg.batch_size, data.train_x.shape[0])
+    bar = tqdm(total=cfg.epochs * iters * 2, disable=not cfg.progress, unit="it", dynamic_ncols=True,
+               desc=f"pseudo {cfg.method}/{cfg.meta_grad}")
+    try:
+        return train_pseudo(cfg, data, run_dir, device, bar)
+    finally:
+        bar.close()
 
 
 def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iters, batch, meta_bs, bar, loss_fn=None,

@@ -1,0 +1,99 @@
+"""--meta-set pseudo: cross-assignment, no clean labels read, metrics."""
+
+import json
+
+import pytest
+import torch
+
+import famus.train.pseudo as pseudo
+from famus.train import TrainConfig, train
+from famus.train import data as data_mod
+from famus.train.checkpoint import load_checkpoint
+
+COMMON = dict(dataset="digits", model="mlp", method="mwnet", meta_grad="famus", meta_set="pseudo", epochs=3,
+              batch_size=64, lr=0.05, noise_rate=0.5, progress=False, seed=2,
+              pseudo_options={"warmup_epochs": 1, "rampup_epochs": 1})
+
+
+def test_pseudo_run_records_split_quality(tmp_path):
+    summary = train(TrainConfig(**COMMON, out=str(tmp_path / "run")))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["warmup", "meta", "meta"]
+    for r in rows:
+        assert 0 <= r["split_precision"] <= 1 and 0 <= r["split_recall"] <= 1
+        assert {"test_acc_net1", "test_acc_net2", "test_acc"} <= set(r)
+    # the GMM split is far better than chance (half the labels are clean-ish: 1 - 0.5 * 9/10)
+    assert rows[-1]["split_precision"] > 0.7
+    assert summary["best_test_acc"] > 0.5
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["meta_examples"] == 0  # no held-out clean set in this mode
+
+
+def test_training_never_reads_clean_labels(tmp_path, monkeypatch):
+    """Scramble the clean labels the run holds: the trained weights must not change."""
+    a = train(TrainConfig(**COMMON, out=str(tmp_path / "a")))
+    real = data_mod.prepare_data
+
+    def scrambled(cfg, device="cpu"):
+        d = real(cfg, device)
+        g = torch.Generator().manual_seed(99)
+        d.clean_y = torch.randint(0, d.num_classes, d.clean_y.shape, generator=g)
+        d.corrupted = d.train_y != d.clean_y
+        return d
+
+    monkeypatch.setattr("famus.train.loop.prepare_data", scrambled)
+    b = train(TrainConfig(**COMMON, out=str(tmp_path / "b")))
+    ca, cb = (load_checkpoint(tmp_path / r / "checkpoint.pt") for r in ("a", "b"))
+    for ma, mb in zip(ca["models"], cb["models"]):
+        for k in ma:
+            assert torch.equal(ma[k], mb[k]), k
+    assert a["best_test_acc"] == b["best_test_acc"]
+    ra = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+    rb = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert ra["split_precision"] != rb["split_precision"]  # the oracle only feeds the report
+
+
+def test_cross_assignment(monkeypatch):
+    """Network A's split is B's meta set and labeled set, and vice versa."""
+    seen = []
+    real_split = pseudo.split_by_probability
+
+    def spy(prob, threshold, min_size=1):
+        seen.append(prob)
+        return real_split(prob, threshold, min_size)
+
+    monkeypatch.setattr(pseudo, "split_by_probability", spy)
+    calls = []
+    real_gmm = pseudo.gmm_clean_probability
+
+    def gmm(losses, **kw):
+        p = real_gmm(losses, **kw)
+        calls.append(p)
+        return p
+
+    monkeypatch.setattr(pseudo, "gmm_clean_probability", gmm)
+    steps = []
+    from famus.meta.learner import MetaLearner
+
+    real_step = MetaLearner.step
+
+    def step(self, x, y, xm, ym):
+        steps.append(id(self))
+        return real_step(self, x, y, xm, ym)
+
+    monkeypatch.setattr(MetaLearner, "step", step)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        train(TrainConfig(**{**COMMON, "epochs": 2}, out=d + "/run"))
+    # epoch 2: probs of net1 (calls[2]) and net2 (calls[3]); the first network trains on net2's split
+    p1, p2 = calls[2], calls[3]
+    meta_epoch = seen[4:]  # 2 reporting splits per epoch come first
+    assert meta_epoch[0] is p2 and meta_epoch[1] is p2  # net 1 is fed by net 2 (labeled, meta)
+    assert meta_epoch[2] is p1 and meta_epoch[3] is p1  # net 2 is fed by net 1
+    assert len(set(steps)) == 2
+
+
+def test_pseudo_rejects_erm(tmp_path):
+    with pytest.raises(ValueError, match="needs a meta-learning method"):
+        train(TrainConfig(**{**COMMON, "method": "erm"}, out=str(tmp_path / "x")))
