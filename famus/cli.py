@@ -19,7 +19,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--noise-rate", "noise_rate", float, "noise rate R in [0, 1]"),
     ("--imbalance", "imbalance", float, "long-tail imbalance factor IF (1 = balanced)"),
     ("--meta-per-class", "meta_per_class", int, "clean meta examples per class k"),
-    ("--meta-set", "meta_set", str, "clean (held-out trusted set) or pseudo (GMM split, two networks, no clean labels)"),
+    ("--meta-set", "meta_set", str, "clean (held-out trusted set) or pseudo (GMM split, two nets)"),
     ("--train-subset", "train_subset", int, "keep this many training examples (stratified)"),
     ("--model", "model", str, "model name, or package.module:function"),
     ("--method", "method", str, "erm, l2r, mwnet or mlc"),

@@ -25,101 +25,17 @@ the last layer. The same numbers as :func:`~famus.meta.engines.second_order.seco
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, select_layers
+from famus.meta.engines.derivative import default_fd_eps, fd_logits, jvp_logits
 from famus.meta.engines.second_order import GateFn, grad_match_loss
 from famus.meta.engines.staging import Stages, Trace, rng_state, same_rng_state, set_rng_state
 
 MODES = ("jvp", "fd")
-
-
-def default_fd_eps(dtype: torch.dtype) -> float:
-    """Default relative central-difference step for ``dtype``.
-
-    Two regimes. In float64 (verification on small nets) few ReLU units cross their kink within
-    the step, the error is the smooth ``O(h^2)`` truncation plus ``O(eps_mach / h)`` rounding, and
-    the cube root of the machine epsilon balances them (6.1e-6). In float32 and below on real
-    networks, units crossing their kink dominate: that error grows like ``sqrt(h)`` (a fraction
-    ``~h`` of units, each off by O(1)), so ``h = eps_mach^(2/3)`` balances it against rounding
-    (2.4e-5 in float32). Measured on ResNet-32, batch 100, float32: relative error of the meta
-    gradient ~2e-4 at 1e-5, ~2e-3 at 3e-4, ~2e-2 at 3e-2.
-    """
-    eps = float(torch.finfo(dtype).eps)
-    return eps ** (1.0 / 3.0) if dtype == torch.float64 else eps ** (2.0 / 3.0)
-
-
-def jvp_logits(
-    stages: Stages, params: dict[str, Tensor], buffers: dict[str, Tensor], h: Tensor, start: int,
-    direction: dict[str, Tensor],
-) -> Tensor:
-    """``J d``: the logits' forward-mode derivative along ``direction``, from stage ``start``.
-
-    Args:
-        params: global name -> detached parameter (at w).
-        buffers: buffer values to start from (cloned inside: BN writes into them).
-        h: ``(B, ...)`` detached input of stage ``start``; ``direction`` is zero below it.
-        direction: parameter name -> tangent (same shape as the parameter).
-
-    Returns:
-        ``(B, C)`` tangent of the logits.
-    """
-    names = list(direction)
-    needed = stages.params_from(start)
-    base = {n: p for n, p in params.items() if n in needed}
-    buf = {n: b for n, b in buffers.items() if n in stages.buffers_from(start)}
-
-    def f(*primals: Tensor) -> Tensor:
-        state = dict(base)
-        state.update(zip(names, primals))
-        # clones made inside the transform: BN's in-place running-stat update on a captured
-        # tensor is an error under torch.func, and these values are thrown away anyway; h is
-        # cloned for a stage that writes into its input (it must not change the cache)
-        return stages.run(state, {n: b.clone() for n, b in buf.items()}, h.clone(), start)
-
-    with warnings.catch_warnings():  # torch's own jvp decompositions still call torch.jit.script
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
-        _, tangent = torch.func.jvp(f, tuple(base[n] for n in names), tuple(direction[n] for n in names))
-    return tangent
-
-
-def fd_logits(
-    stages: Stages, params: dict[str, Tensor], buffers: dict[str, Tensor], h: Tensor, start: int,
-    direction: dict[str, Tensor], eps: float, before_pass=None,
-) -> Tensor:
-    """``J d`` by a central difference ``(f(w + s d) - f(w - s d)) / (2 s)``, from stage ``start``.
-
-    The step is scaled by the direction's norm: ``s = eps * max(||w_d||, 1) / ||d||`` with ``w_d``
-    the parameters ``d`` touches, so the perturbation is ``eps`` relative to those weights.
-    Error: ``O(eps^2)`` truncation plus ``O(eps_machine / eps)`` rounding, relative to ``|J d|``.
-
-    Args:
-        eps: relative step (see :func:`default_fd_eps`).
-        before_pass: called before each of the two passes (replays the RNG for dropout).
-        Other arguments as in :func:`jvp_logits`.
-
-    Returns:
-        ``(B, C)`` estimate of the logits' directional derivative.
-    """
-    needed = stages.params_from(start)
-    base = {n: p for n, p in params.items() if n in needed}
-    buf = {n: b for n, b in buffers.items() if n in stages.buffers_from(start)}
-    with torch.no_grad():
-        d_norm = torch.sqrt(sum((d.double() ** 2).sum() for d in direction.values()))
-        w_norm = torch.sqrt(sum((base[n].double() ** 2).sum() for n in direction))
-        step = (eps * w_norm.clamp_min(1.0) / d_norm.clamp_min(1e-300)).to(h.dtype)
-        outs = []
-        for sign in (1.0, -1.0):
-            if before_pass is not None:
-                before_pass()
-            state = dict(base)
-            state.update({n: base[n] + (sign * step) * d for n, d in direction.items()})
-            outs.append(stages.run(state, {n: b.clone() for n, b in buf.items()}, h.clone(), start))
-        return (outs[0] - outs[1]) / (2 * step)
 
 
 def _theta_grads(batch: MetaBatch, logits: Tensor, jd: Tensor | None) -> dict[str, Tensor]:
@@ -139,6 +55,85 @@ def _theta_grads(batch: MetaBatch, logits: Tensor, jd: Tensor | None) -> dict[st
     return {n: zeros[n] if g is None else g for n, g in zip(names, out)}
 
 
+def _trace(batch: MetaBatch, stages: Stages, contributing: set[str] | None, gated: set[str] | None) -> Trace:
+    """A trace keeping only the stage inputs a later pass can start from."""
+    if contributing is None or gated is None:
+        return Trace()
+    possible = contributing | gated
+    first = [min(stages.stage_of[p] for p in i.params) for i in batch.layers if i.name in possible]
+    return Trace(start=min(first, default=len(stages)))
+
+
+def _leaves(
+    batch: MetaBatch, grads: dict[str, Tensor | None], hard: dict[str, bool], contributing: set[str] | None
+) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    """``w_hat = w - alpha * g`` (detached), and which parameters need ``v`` and carry the direction.
+
+    Returns:
+        ``(w_hat, leaves, path)``: ``leaves`` (contributing or gated, on or off) require grad in the
+        meta pass; ``path`` (contributing or gated on) are where the meta gradient flows.
+    """
+    w_hat: dict[str, Tensor] = {}
+    leaves: list[str] = []
+    path: list[str] = []
+    with torch.no_grad():
+        for info in batch.layers:
+            for pn in info.params:
+                w, g = batch.params[pn], grads[pn]
+                w_hat[pn] = w.detach() if g is None else w - batch.lrs[pn] * g
+                if g is None:
+                    continue
+                if info.name in hard:
+                    leaves.append(pn)
+                    if hard[info.name]:
+                        path.append(pn)
+                elif contributing is None or info.name in contributing:
+                    leaves.append(pn)
+                    path.append(pn)
+    for pn in leaves:
+        w_hat[pn].requires_grad_()
+    return w_hat, leaves, path
+
+
+def _objective_grads(
+    batch: MetaBatch, meta_loss: Tensor, w_hat: dict[str, Tensor], leaves: list[str],
+    grads: dict[str, Tensor | None], lambda_g: float, aux: dict[str, Tensor],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``V = dObjective/dw_hat`` on the leaves and ``b = dObjective/dg_L`` (L_g's direct term).
+
+    Without L_g, ``V = v`` (first order). With it, ``V = v + lambda_g H a`` by a double backward of
+    the meta pass only (down to the lowest leaf), exactly as the second-order engine differentiates.
+    """
+    if not leaves:
+        return {}, {}
+    last = batch.layers[-1]
+    if not (lambda_g and all(grads[p] is not None and p in leaves for p in last.params)):
+        return dict(zip(leaves, torch.autograd.grad(meta_loss, [w_hat[p] for p in leaves]))), {}
+    v_last = torch.autograd.grad(meta_loss, [w_hat[p] for p in last.params], create_graph=True)
+    g_last = [grads[p].detach().requires_grad_() for p in last.params]
+    loss_g = grad_match_loss(g_last, list(v_last))
+    aux["loss_g"] = loss_g.detach()
+    out = torch.autograd.grad(meta_loss + lambda_g * loss_g, [w_hat[p] for p in leaves] + g_last)
+    return dict(zip(leaves, out[: len(leaves)])), dict(zip(last.params, out[len(leaves) :]))
+
+
+def _sampler_grads(
+    batch: MetaBatch, gates: dict[str, Tensor], hard: dict[str, bool], extra: Tensor | None,
+    sampler_params: dict[str, Tensor], V: dict[str, Tensor], grads: dict[str, Tensor | None],
+) -> dict[str, Tensor] | None:
+    """Straight-through: ``dObjective/dr_l = -<alpha V_l, g_l>`` (on) or ``+`` (off), plus L_r."""
+    if not sampler_params:
+        return None
+    objective = extra if extra is not None else 0.0
+    for info in batch.layers:
+        if info.name in gates:
+            s = sum(batch.lrs[p] * (V[p] * grads[p]).sum() for p in info.params if p in V)
+            objective = objective + gates[info.name] * (-s if hard[info.name] else s)
+    names = list(sampler_params)
+    out = torch.autograd.grad(objective, [sampler_params[n] for n in names], allow_unused=True)
+    return {n: torch.zeros_like(sampler_params[n]) if g is None else g for n, g in zip(names, out)}
+
+
 def directional(
     batch: MetaBatch,
     contributing: set[str] | None,
@@ -148,6 +143,7 @@ def directional(
     mode: str = "jvp",
     stages: Stages,
     fd_eps: float | None = None,
+    gated: set[str] | None = None,
 ) -> MetaResult:
     """One Virtual-Train + Meta-Train with first-order backprop and one directional derivative.
 
@@ -159,6 +155,8 @@ def directional(
         mode: ``"jvp"`` (exact) or ``"fd"`` (central difference).
         stages: the model's stages (cached-activation restarts).
         fd_eps: relative finite-difference step (default :func:`default_fd_eps`).
+        gated: the layers ``gate_fn`` may switch on (FaMUS's candidates), so that only the stage
+            inputs a later pass can start from are kept (``None``: keep all).
 
     Returns:
         :class:`MetaResult`, equal to :func:`second_order`'s for the same arguments and gates.
@@ -167,19 +165,17 @@ def directional(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     device = batch.x.device
     timer = StageTimer(device)
-    params = batch.params
     # the JVP/FD passes redo the Virtual-Train forward, so they start from the same buffers
     buffers0 = {n: b.clone() for n, b in batch.buffers.items()}
-    trace = Trace()
+    trace = _trace(batch, stages, contributing, gated)
     rng_before = rng_state(device)
-    logits = stages.run(params, batch.buffers, batch.x, record=trace)
-    rng_after_virtual = rng_state(device)
-    keep = batch.keep_virtual and same_rng_state(rng_before, rng_after_virtual)
+    logits = stages.run(batch.params, batch.buffers, batch.x, record=trace)
+    keep = batch.keep_virtual and same_rng_state(rng_before, rng_state(device))
     loss, c = batch.method.loss(logits, batch.y, batch.theta)
     timer.mark("virtual_forward")
 
-    names = list(params)
-    raw = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True, retain_graph=keep)
+    names = list(batch.params)
+    raw = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True, retain_graph=keep)
     grads: dict[str, Tensor | None] = dict(zip(names, raw))
     gates: dict[str, Tensor] = {}
     extra = None
@@ -190,62 +186,20 @@ def directional(
         hard = dict(zip(gates, torch.stack([g.detach() for g in gates.values()]).tolist())) if gates else {}
     timer.mark("virtual_backward")
 
-    # w_hat has the same value for every layer; the ones whose v we need become leaves
-    w_hat: dict[str, Tensor] = {}
-    leaves: list[str] = []  # v = dObjective/dw_hat needed (contributing, gated on or off)
-    path: list[str] = []  # the meta gradient flows through them: they carry the direction d
-    with torch.no_grad():
-        for info in batch.layers:
-            for pn in info.params:
-                w, g = params[pn], grads[pn]
-                w_hat[pn] = w.detach() if g is None else w - batch.lrs[pn] * g
-                if g is None:
-                    continue
-                if info.name in gates:
-                    leaves.append(pn)
-                    if hard[info.name]:
-                        path.append(pn)
-                elif contributing is None or info.name in contributing:
-                    leaves.append(pn)
-                    path.append(pn)
-    for pn in leaves:
-        w_hat[pn].requires_grad_()
+    w_hat, leaves, path = _leaves(batch, grads, hard, contributing)
     lowest = min((stages.stage_of[pn] for pn in leaves), default=len(stages))
+    # the meta pass writes BN statistics into its own clones: batch.buffers now hold the
+    # Virtual-Train statistics, which Actual-Train reuse copies back
     meta_buffers = {n: b.clone() for n, b in batch.buffers.items()}
     meta_logits = stages.run(w_hat, meta_buffers, batch.x_meta, grad_from=lowest)
     meta_loss = F.cross_entropy(meta_logits, batch.y_meta)
     timer.mark("meta_forward")
 
     aux: dict[str, Tensor] = {}
-    last = batch.layers[-1]
-    use_g = bool(lambda_g) and all(grads[p] is not None and p in leaves for p in last.params)
-    V: dict[str, Tensor] = {}
-    b: dict[str, Tensor] = {}
-    if leaves and use_g:
-        v_last = torch.autograd.grad(meta_loss, [w_hat[p] for p in last.params], create_graph=True)
-        g_last = [grads[p].detach().requires_grad_() for p in last.params]
-        loss_g = grad_match_loss(g_last, list(v_last))
-        aux["loss_g"] = loss_g.detach()
-        # V = v + lambda_g * H a (double backward of the meta pass only); b = dL_g/dg_L
-        out = torch.autograd.grad(meta_loss + lambda_g * loss_g, [w_hat[p] for p in leaves] + g_last)
-        V = dict(zip(leaves, out[: len(leaves)]))
-        b = dict(zip(last.params, out[len(leaves) :]))
-    elif leaves:
-        V = dict(zip(leaves, torch.autograd.grad(meta_loss, [w_hat[p] for p in leaves])))
-
-    sampler_grads = None
+    V, b = _objective_grads(batch, meta_loss, w_hat, leaves, grads, lambda_g, aux)
     if extra is not None:
         aux["loss_r"] = extra.detach()
-    if sampler_params:
-        gate_obj = extra if extra is not None else 0.0
-        for info in batch.layers:
-            if info.name in gates:
-                s = sum(batch.lrs[p] * (V[p] * grads[p]).sum() for p in info.params if p in V)
-                gate_obj = gate_obj + gates[info.name] * (-s if hard[info.name] else s)
-        sp = list(sampler_params)
-        out = torch.autograd.grad(gate_obj, [sampler_params[n] for n in sp], allow_unused=True)
-        sampler_grads = {n: torch.zeros_like(sampler_params[n]) if g is None else g for n, g in zip(sp, out)}
-
+    sampler_grads = _sampler_grads(batch, gates, hard, extra, sampler_params, V, grads)
     direction = {p: -batch.lrs[p] * V[p] for p in path}
     for p, bp in b.items():
         direction[p] = direction[p] + bp if p in direction else bp
@@ -253,7 +207,7 @@ def directional(
     if direction:
         start = trace.usable_start(min(stages.stage_of[p] for p in direction))
         h = trace.inputs[start].detach()
-        base = {n: p.detach() for n, p in params.items()}
+        base = {n: p.detach() for n, p in batch.params.items()}
         rng_after_meta = rng_state(device)
 
         def replay() -> None:  # the same dropout masks as the Virtual-Train forward
@@ -309,9 +263,11 @@ class Directional(Engine):
     def fd_options(self) -> dict:
         return {}
 
-    def run(self, batch, contributing, gate_fn=None, lambda_g=0.0) -> MetaResult:
+    def run(self, batch, contributing, gate_fn=None, lambda_g=0.0, gated=None) -> MetaResult:
         return directional(
-            batch, contributing, gate_fn, lambda_g, mode=self.mode, stages=self.staging(batch), **self.fd_options()
+            batch, contributing, gate_fn, lambda_g,
+            mode=self.mode, stages=self.staging(batch), gated=gated if gate_fn is not None else set(),
+            **self.fd_options(),
         )
 
     def compute(self, batch, generator, layers=None):

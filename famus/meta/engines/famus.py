@@ -154,7 +154,7 @@ class FaMUSJVP(FaMUS):
         self.backend = JVP(stages)
 
     def run(self, batch, contributing, gate_fn=None, lambda_g=0.0):
-        return self.backend.run(batch, contributing, gate_fn, lambda_g)
+        return self.backend.run(batch, contributing, gate_fn, lambda_g, gated={i.name for i in self.sampled})
 
 
 @ENGINES.register("famus-fd")
@@ -174,4 +174,4 @@ class FaMUSFD(FaMUS):
         self.backend = FD(fd_eps, stages)
 
     def run(self, batch, contributing, gate_fn=None, lambda_g=0.0):
-        return self.backend.run(batch, contributing, gate_fn, lambda_g)
+        return self.backend.run(batch, contributing, gate_fn, lambda_g, gated={i.name for i in self.sampled})

@@ -47,8 +47,11 @@ class Trace:
         versions: stage index -> the input's version counter when it was recorded, to detect
             a later in-place change (e.g. ``ReLU(inplace=True)`` in the next stage).
         rng: stage index -> RNG state just before the stage ran, to replay dropout masks.
+        start: inputs are kept for stage 0 (the model's input, free) and stages ``>= start`` only,
+            so activations no later pass can start from are not held alive.
     """
 
+    start: int = 0
     inputs: dict[int, Tensor] = field(default_factory=dict)
     versions: dict[int, int] = field(default_factory=dict)
     rng: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict)
@@ -170,7 +173,7 @@ class Stages:
         """
         device = h.device
         for i in range(start, len(self.modules)):
-            if record is not None:
+            if record is not None and (i == 0 or i >= record.start):
                 record.inputs[i], record.versions[i], record.rng[i] = h, h._version, rng_state(device)
             state = {ln: params[g] for ln, g in self._pmap[i].items()}
             state.update({ln: buffers[g] for ln, g in self._bmap[i].items()})
