@@ -173,6 +173,7 @@ class MetaLearner:
     def _engine(self, name: str | None) -> Engine:
         if name is None:
             return self.engine
+        name = name.removesuffix(LAGGED_SUFFIX)  # the lagged mode changes Actual-Train only
         if name not in self._engines:
             eng = build_engine(name)
             eng.bind(self.layer_infos, self.device, self.dtype)
@@ -267,12 +268,12 @@ class MetaLearner:
         self.method.apply(res.meta_grads)
         self.engine.apply(res)
         timer.mark("meta_backward")  # the meta optimizers' steps belong to Meta-Train
-        self.reused_forward = self.lagged or res.virtual_logits is not None
+        self.reused_forward = self.lagged or (res.virtual_logits is not None and res.virtual_buffers is not None)
         if self.lagged:
             loss, c = self._lagged_step(res)
             timer.mark("actual_backward")
         else:
-            if res.virtual_logits is not None:
+            if self.reused_forward:
                 logits = res.virtual_logits
                 self._copy_buffers(res.virtual_buffers)
             else:
@@ -304,7 +305,7 @@ class MetaLearner:
 
     def _lagged_step(self, res: MetaResult) -> tuple[Tensor, Tensor]:
         """Actual-Train with the Virtual-Train gradient (old meta weights): no forward, no backward."""
-        if res.train_grads is None or res.train_loss is None or res.weights is None:
+        if res.train_grads is None or res.virtual_buffers is None or res.train_loss is None or res.weights is None:
             raise RuntimeError(f"engine {self.engine_name!r} returns no Virtual-Train gradient; lagged mode needs it")
         self._copy_buffers(res.virtual_buffers)
         self.optimizer.zero_grad(set_to_none=True)

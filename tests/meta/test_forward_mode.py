@@ -262,3 +262,13 @@ def test_input_modified_in_place_falls_back_to_an_earlier_intact_stage():
     for layers in (["2", "6"], ["1", "6"], ["6"]):
         _assert_same(learner.meta_gradient(*batch, meta_grad="jvp", layers=layers),
                      learner.meta_gradient(*batch, layers=layers))
+
+
+def test_soft_training_targets():
+    """(n, C) soft targets (MixMatch) go through the method's loss head like hard labels."""
+    x, y, xm, ym = make_batches(size=8)
+    soft = torch.softmax(torch.randn(len(y), 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64), 1)
+    learner = _learner(_staged(), "mwnet")
+    exact = learner.meta_gradient(x, soft, xm, ym)
+    _assert_same(learner.meta_gradient(x, soft, xm, ym, meta_grad="jvp"), exact)
+    assert _rel(learner.meta_gradient(x, soft, xm, ym, meta_grad="fd"), exact) < FD_RTOL

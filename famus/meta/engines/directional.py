@@ -28,7 +28,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, select_layers
 from famus.meta.engines.derivative import default_fd_eps, fd_logits, jvp_logits
@@ -251,13 +251,13 @@ class Directional(Engine):
 
     def __init__(self, stages: str | list[str] | None = "auto") -> None:
         self.stages_spec = stages
-        self._stages: tuple[int, Stages] | None = None
+        self._stages: tuple[nn.Module, Stages] | None = None
 
     def staging(self, batch: MetaBatch) -> Stages:
-        """The model's stages, built once per model."""
-        if self._stages is None or self._stages[0] != id(batch.model):
+        """The model's stages, built once per model (declared split points are checked then)."""
+        if self._stages is None or self._stages[0] is not batch.model:
             example = batch.x[: min(2, batch.x.shape[0])]
-            self._stages = (id(batch.model), Stages.from_model(batch.model, self.stages_spec, example))
+            self._stages = (batch.model, Stages.from_model(batch.model, self.stages_spec, example))
         return self._stages[1]
 
     def fd_options(self) -> dict:

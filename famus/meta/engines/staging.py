@@ -130,7 +130,8 @@ class Stages:
     def check(self, model: nn.Module, example: Tensor) -> None:
         """Raise unless running the stages reproduces ``model(example)`` (same RNG, cloned buffers)."""
         state = {**dict(model.named_parameters()), **{n: b.clone() for n, b in model.named_buffers()}}
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        devices = [example.device.index or 0] if example.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)
             want = functional_call(model, state, (example,))
             state.update({n: b.clone() for n, b in model.named_buffers()})

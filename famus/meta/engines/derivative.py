@@ -1,0 +1,99 @@
+"""``J d``: the logits' directional derivative along a parameter direction ``d``.
+
+Two ways, both starting at a stage whose input is cached (:mod:`.staging`) because ``d`` is zero
+below it: forward-mode AD (:func:`jvp_logits`, exact) and a central difference of two forward
+passes (:func:`fd_logits`). Neither changes any state: buffers are cloned, parameters detached.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from famus.meta.engines.staging import Stages
+
+
+def default_fd_eps(dtype: torch.dtype) -> float:
+    """Default relative central-difference step for ``dtype``.
+
+    Two regimes. In float64 (verification on small nets) few ReLU units cross their kink within
+    the step, the error is the smooth ``O(h^2)`` truncation plus ``O(eps_mach / h)`` rounding, and
+    the cube root of the machine epsilon balances them (6.1e-6). In float32 and below on real
+    networks, units crossing their kink dominate: that error grows like ``sqrt(h)`` (a fraction
+    ``~h`` of units, each off by O(1)), so ``h = eps_mach^(2/3)`` balances it against rounding
+    (2.4e-5 in float32). Measured on ResNet-32, batch 100, float32: relative error of the meta
+    gradient ~2e-4 at 1e-5, ~2e-3 at 3e-4, ~2e-2 at 3e-2.
+    """
+    eps = float(torch.finfo(dtype).eps)
+    return eps ** (1.0 / 3.0) if dtype == torch.float64 else eps ** (2.0 / 3.0)
+
+
+def jvp_logits(
+    stages: Stages, params: dict[str, Tensor], buffers: dict[str, Tensor], h: Tensor, start: int,
+    direction: dict[str, Tensor],
+) -> Tensor:
+    """``J d``: the logits' forward-mode derivative along ``direction``, from stage ``start``.
+
+    Args:
+        params: global name -> detached parameter (at w).
+        buffers: buffer values to start from (cloned inside: BN writes into them).
+        h: ``(B, ...)`` detached input of stage ``start``; ``direction`` is zero below it.
+        direction: parameter name -> tangent (same shape as the parameter).
+
+    Returns:
+        ``(B, C)`` tangent of the logits.
+    """
+    names = list(direction)
+    needed = stages.params_from(start)
+    base = {n: p for n, p in params.items() if n in needed}
+    buf = {n: b for n, b in buffers.items() if n in stages.buffers_from(start)}
+
+    def f(*primals: Tensor) -> Tensor:
+        state = dict(base)
+        state.update(zip(names, primals))
+        # clones made inside the transform: BN's in-place running-stat update on a captured
+        # tensor is an error under torch.func, and these values are thrown away anyway; h is
+        # cloned for a stage that writes into its input (it must not change the cache)
+        return stages.run(state, {n: b.clone() for n, b in buf.items()}, h.clone(), start)
+
+    with warnings.catch_warnings():  # torch's own jvp decompositions still call torch.jit.script
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
+        _, tangent = torch.func.jvp(f, tuple(base[n] for n in names), tuple(direction[n] for n in names))
+    return tangent
+
+
+def fd_logits(
+    stages: Stages, params: dict[str, Tensor], buffers: dict[str, Tensor], h: Tensor, start: int,
+    direction: dict[str, Tensor], eps: float, before_pass=None,
+) -> Tensor:
+    """``J d`` by a central difference ``(f(w + s d) - f(w - s d)) / (2 s)``, from stage ``start``.
+
+    The step is scaled by the direction's norm: ``s = eps * max(||w_d||, 1) / ||d||`` with ``w_d``
+    the parameters ``d`` touches, so the perturbation is ``eps`` relative to those weights.
+    Error: ``O(eps^2)`` truncation plus ``O(eps_machine / eps)`` rounding, relative to ``|J d|``.
+
+    Args:
+        eps: relative step (see :func:`default_fd_eps`).
+        before_pass: called before each of the two passes (replays the RNG for dropout).
+        Other arguments as in :func:`jvp_logits`.
+
+    Returns:
+        ``(B, C)`` estimate of the logits' directional derivative.
+    """
+    needed = stages.params_from(start)
+    base = {n: p for n, p in params.items() if n in needed}
+    buf = {n: b for n, b in buffers.items() if n in stages.buffers_from(start)}
+    with torch.no_grad():
+        d_norm = torch.sqrt(sum((d.double() ** 2).sum() for d in direction.values()))
+        w_norm = torch.sqrt(sum((base[n].double() ** 2).sum() for n in direction))
+        step = (eps * w_norm.clamp_min(1.0) / d_norm.clamp_min(1e-300)).to(h.dtype)
+        outs = []
+        for sign in (1.0, -1.0):
+            if before_pass is not None:
+                before_pass()
+            state = dict(base)
+            state.update({n: base[n] + (sign * step) * d for n, d in direction.items()})
+            outs.append(stages.run(state, {n: b.clone() for n, b in buf.items()}, h.clone(), start))
+        return (outs[0] - outs[1]) / (2 * step)
