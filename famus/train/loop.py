@@ -83,7 +83,7 @@ def _check_out_dir(cfg: TrainConfig) -> Path:
 def _validate_names(cfg: TrainConfig) -> None:
     if cfg.method != "erm":
         METHODS.get(cfg.method)
-        ENGINES.get(cfg.meta_grad)
+        ENGINES.get(cfg.meta_grad.removesuffix("+lagged"))  # "+lagged": the one-backward mode
     NOISE.get(cfg.noise)
     LOSSES.get(cfg.loss)
     if cfg.loss != "ce" and cfg.method != "erm" and "loss_fn" not in _init_params(cfg.method):
