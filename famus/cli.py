@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -107,18 +108,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, quick=args.quick, data_dir=args.data_dir, threads=args.threads)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from famus.bench import run_cli
-
-    return run_cli(args)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from famus.report import run_cli
-
-    return run_cli(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="famus", description="Noise-robust training by meta-learning, made fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,22 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="a tiny version for smoke tests")
     p.set_defaults(fn=cmd_demo)
-    try:
-        from famus.bench import add_arguments
-    except ImportError:
-        pass
-    else:
-        p = sub.add_parser("bench", help="time every meta-gradient engine side by side")
-        add_arguments(p)
-        p.set_defaults(fn=cmd_bench)
-    try:
-        from famus.report import add_arguments as add_report_arguments
-    except ImportError:
-        pass
-    else:
-        p = sub.add_parser("report", help="plots, HTML page and summary table of runs")
-        add_report_arguments(p)
-        p.set_defaults(fn=cmd_report)
+    for name, module, help_ in (("bench", "famus.bench", "time every meta-gradient engine side by side"),
+                                ("report", "famus.report", "plots, HTML page and summary table of runs")):
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_)
+        mod.add_arguments(p)
+        p.set_defaults(fn=mod.run_cli)
     return parser
 
 

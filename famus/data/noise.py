@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from famus.atomic import atomic_torch_save
 from famus.data.errors import DataError
 from famus.data.split import check_labels
 from famus.registry import Registry
@@ -453,17 +453,7 @@ def save_noisy_labels(path: str | os.PathLike[str], clean: Tensor, result: Noise
         "corrupted": result.corrupted.detach().bool().cpu(),
         "transition": result.transition.detach().to(torch.float64).cpu(),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(path, payload)
 
 
 def load_noisy_labels(path: str | os.PathLike[str]) -> tuple[Tensor, NoiseResult]:

@@ -70,18 +70,40 @@ class MetaMethod:
         """
         raise NotImplementedError
 
+    meta_optimizer: torch.optim.Optimizer | None = None
+
     def apply(self, meta_grads: dict[str, Tensor]) -> None:
-        """Update the meta parameters with a meta gradient (Eq. 4)."""
+        """Update the meta parameters with a meta gradient (Eq. 4): a meta-optimizer step.
+
+        Methods without a meta model (L2R) keep nothing between steps and do nothing here.
+        """
+        if self.meta_model is None:
+            return
+        assert self.meta_optimizer is not None, "call .to(device, dtype) first"
+        for n, p in self.meta_model.named_parameters():
+            p.grad = meta_grads[n].detach().clone()
+        self.meta_optimizer.step()
+        self.meta_optimizer.zero_grad(set_to_none=True)
 
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Actual-Train loss (Eq. 5) with the updated meta parameters; ``c`` is detached."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return {}
+        """Meta model and meta optimizer state (empty for methods without a meta model)."""
+        if self.meta_model is None:
+            return {}
+        return {
+            "meta_model": self.meta_model.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if self.meta_model is None:
+            return
+        self.meta_model.load_state_dict(state["meta_model"])
+        if self.meta_optimizer is not None and state.get("meta_optimizer") is not None:
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
 
 
 def default_mwnet(hidden: int = 100) -> nn.Module:
@@ -172,29 +194,11 @@ class MWNet(MetaMethod):
         c = self._coefficients(losses, theta)
         return (c * losses).sum(), c
 
-    def apply(self, meta_grads: dict[str, Tensor]) -> None:
-        assert self.meta_optimizer is not None, "call .to(device, dtype) first"
-        for n, p in self.meta_model.named_parameters():
-            p.grad = meta_grads[n].detach().clone()
-        self.meta_optimizer.step()
-        self.meta_optimizer.zero_grad(set_to_none=True)
-
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         losses = per_example_losses(self.loss_fn, logits, y)
         with torch.no_grad():
             c = self._coefficients(losses, None)
         return (c * losses).sum(), c
-
-    def state_dict(self) -> dict:
-        return {
-            "meta_model": self.meta_model.state_dict(),
-            "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else None,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.meta_model.load_state_dict(state["meta_model"])
-        if self.meta_optimizer is not None and state.get("meta_optimizer") is not None:
-            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
 
 
 @METHODS.register("l2r")

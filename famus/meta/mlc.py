@@ -142,26 +142,9 @@ class MLC(MetaMethod):
         c = torch.full_like(losses, 1.0 / losses.numel())
         return (c * losses).sum(), c
 
-    def apply(self, meta_grads: dict[str, Tensor]) -> None:
-        assert self.meta_optimizer is not None, "call .to(device, dtype) first"
-        for n, p in self.meta_model.named_parameters():
-            p.grad = meta_grads[n].detach().clone()
-        self.meta_optimizer.step()
-        self.meta_optimizer.zero_grad(set_to_none=True)
-
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         # apply() already moved T: Eq. 5 trains w with the updated meta parameters, held fixed here
         losses = corrected_nll(logits, y, self.meta_model.T_logits.detach())
         c = torch.full_like(losses, 1.0 / losses.numel())
         return (c * losses).sum(), c
 
-    def state_dict(self) -> dict:
-        return {
-            "meta_model": self.meta_model.state_dict(),
-            "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else None,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.meta_model.load_state_dict(state["meta_model"])
-        if self.meta_optimizer is not None and state.get("meta_optimizer") is not None:
-            self.meta_optimizer.load_state_dict(state["meta_optimizer"])

@@ -171,3 +171,18 @@ def select_layers(infos: list[LayerInfo], wanted: list[str], what: str = "layers
 def build_engine(name: str, **options) -> Engine:
     """An engine by registry name, e.g. ``build_engine("famus", k=4)``."""
     return ENGINES.get(name)(**options)
+
+
+def run_gates(gate_fn, grads: dict[str, Tensor | None]):
+    """Call FaMUS's ``gate_fn`` on the Virtual-Train gradients, if there is one.
+
+    Returns:
+        ``(gates, extra_loss, sampler_params, hard)``: straight-through gates by layer, the L_r
+        term (or ``None``), the sampler parameters to differentiate, and each gate's 0/1 value
+        as a Python bool (one host sync for all gates: the meta graph's shape depends on them).
+    """
+    if gate_fn is None:
+        return {}, None, {}, {}
+    gates, extra, sampler_params = gate_fn(grads)
+    hard = dict(zip(gates, torch.stack([g.detach() for g in gates.values()]).tolist())) if gates else {}
+    return gates, extra, sampler_params, hard

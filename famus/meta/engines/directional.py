@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, select_layers
+from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
 from famus.meta.engines.derivative import default_fd_eps, fd_logits, jvp_logits
 from famus.meta.engines.second_order import GateFn, grad_match_loss
 from famus.meta.engines.staging import Stages, Trace, rng_state, same_rng_state, set_rng_state
@@ -177,13 +177,7 @@ def directional(
     names = list(batch.params)
     raw = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True, retain_graph=keep)
     grads: dict[str, Tensor | None] = dict(zip(names, raw))
-    gates: dict[str, Tensor] = {}
-    extra = None
-    sampler_params: dict[str, Tensor] = {}
-    hard: dict[str, bool] = {}
-    if gate_fn is not None:
-        gates, extra, sampler_params = gate_fn(grads)
-        hard = dict(zip(gates, torch.stack([g.detach() for g in gates.values()]).tolist())) if gates else {}
+    gates, extra, sampler_params, hard = run_gates(gate_fn, grads)
     timer.mark("virtual_backward")
 
     w_hat, leaves, path = _leaves(batch, grads, hard, contributing)

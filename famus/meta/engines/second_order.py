@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, select_layers
+from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
 from famus.meta.engines.staging import rng_state, same_rng_state
 
 # gate_fn(grads) -> (gates, extra_loss, sampler_params): gates maps layer name -> 0-d
@@ -75,14 +75,7 @@ def second_order(
     names = list(batch.params)
     raw = torch.autograd.grad(loss, [batch.params[n] for n in names], create_graph=True, allow_unused=True)
     grads: dict[str, Tensor | None] = dict(zip(names, raw))
-    gates: dict[str, Tensor] = {}
-    extra = None
-    sampler_params: dict[str, Tensor] = {}
-    hard: dict[str, bool] = {}
-    if gate_fn is not None:
-        gates, extra, sampler_params = gate_fn(grads)
-        # one host sync for all gates: the graph's shape depends on them
-        hard = dict(zip(gates, torch.stack([g.detach() for g in gates.values()]).tolist())) if gates else {}
+    gates, extra, sampler_params, hard = run_gates(gate_fn, grads)
     timer.mark("virtual_backward")
 
     w_hat: dict[str, Tensor] = {}
