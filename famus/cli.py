@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -93,6 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from famus.train import train
 
     summary = train(config_from_args(args))
+    if int(os.environ.get("RANK", "0")) != 0:  # several processes: rank 0 reports
+        return 0
     print(f"best test accuracy {summary['best_test_acc']:.4f}, last {summary['last_test_acc']:.4f}, "
           f"{summary['time_per_iter_s'] * 1000:.1f} ms/iteration; run folder {summary['run_dir']}")
     if "group_acc" in summary:
@@ -137,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (CLIError, DataError, TrainingError, UnknownNameError, ValueError, TypeError, OSError) as e:
-        print(f"famus {args.command}: error: {e}", file=sys.stderr)
+        where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"famus {args.command}{where}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"famus {args.command}: interrupted", file=sys.stderr)

@@ -106,24 +106,27 @@ class Augmenter:
         scale, shift = self._scale_shift(x.device)
         return torch.addcmul(shift, x.float(), scale)
 
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+    def __call__(self, x: Tensor, generator: torch.Generator, rows: slice | None = None) -> Tensor:
         """Augment and normalise a batch.
 
         Args:
             x: uint8 (B, C, H, W), on any device.
             generator: seeded ``torch.Generator``; random numbers are drawn on
                 ``generator.device`` (CPU is fine for a GPU batch) and moved to ``x.device``.
+            rows: keep only these examples of the batch (a data-parallel rank's shard). The random
+                numbers are still drawn for the whole batch, so the shard gets exactly the crops and
+                flips it gets as part of the whole batch, and the generator moves the same way.
 
         Returns:
             float32 (B, C, S, S) with ``S = crop`` (or (B, C, H, W) when not cropping).
         """
         self._check(x)
         if not self.augments:
-            return self.normalize(x)
-        return self.normalize(self.augment_uint8(x, generator))
+            return self.normalize(x if rows is None else x[rows])
+        return self.normalize(self.augment_uint8(x, generator, rows))
 
-    def augment_uint8(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """The random crop/flip alone: uint8 (B, C, H, W) -> uint8 (B, C, S, S)."""
+    def augment_uint8(self, x: Tensor, generator: torch.Generator, rows: slice | None = None) -> Tensor:
+        """The random crop/flip alone: uint8 (B, C, H, W) -> uint8 (B, C, S, S) (``rows``: see ``__call__``)."""
         self._check(x)
         b, c, h, w = x.shape
         if self.crop is None:
@@ -140,12 +143,15 @@ class Augmenter:
         flip = torch.rand(b, generator=generator, device=gen_dev).to(x.device) < 0.5
         if not self.flip:
             flip = torch.zeros_like(flip)
+        if rows is not None:
+            x, oy, ox, flip = x[rows], oy[rows], ox[rows], flip[rows]
+            b = x.shape[0]
         xp = F.pad(x, (p, p, p, p)) if p else x
         ar_h = torch.arange(crop_h, device=x.device)
         ar_w = torch.arange(crop_w, device=x.device)
-        rows = oy[:, None] + ar_h  # (B, S)
+        row_idx = oy[:, None] + ar_h  # (B, S)
         # Flipped examples read their window right-to-left.
         cols = ox[:, None] + torch.where(flip[:, None], crop_w - 1 - ar_w, ar_w)  # (B, S)
         bi = torch.arange(b, device=x.device)[:, None, None, None]
         ci = torch.arange(c, device=x.device)[None, :, None, None]
-        return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+        return xp[bi, ci, row_idx[:, None, :, None], cols[:, None, None, :]]

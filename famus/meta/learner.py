@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from famus import distributed as dist
 from famus.meta.engines import STAGES, Engine, MetaBatch, MetaResult, build_engine
 from famus.meta.engines.base import ENGINES, StageTimer
 from famus.meta.layers import LayerInfo, layer_infos
@@ -20,6 +21,9 @@ LAGGED_SUFFIX = "+lagged"
 @dataclass
 class StepStats:
     """What one :meth:`MetaLearner.step` did. Tensors are detached; nothing is synced.
+
+    In a process group, the losses are the union batch's (the same on every rank) and ``weights``
+    are this rank's shard's entries of the union batch's coefficients.
 
     Attributes:
         weights: ``(n,)`` coefficients of the Actual-Train loss ``sum_i weights_i * L_i``.
@@ -102,6 +106,14 @@ class MetaLearner:
             meta-batch work. Needs meta parameters that persist across steps (MW-Net, not L2R).
         **options: options of the method (e.g. ``meta_lr``, ``normalize``) or of the engine
             (e.g. ``k``, ``temperature``, ``candidates``, ``fd_eps``); an unknown one is an error.
+
+    Data parallel: inside an initialized ``torch.distributed`` process group every rank builds the
+    same learner and calls :meth:`step` with its own equal-sized shard of the training batch and of
+    the meta batch; the result is the step on the union batch (see :mod:`famus.distributed`). On the
+    first batch the model, meta model, samplers and generator are broadcast from rank 0, so every
+    rank starts from the same state and draws the same random stream (gates, random layers).
+    :meth:`bind`, :meth:`step`, :meth:`meta_gradient` and :meth:`meta_loss` are then collective:
+    every rank calls them, in the same order.
     """
 
     def __init__(
@@ -150,6 +162,7 @@ class MetaLearner:
         self.num_classes: int | None = None
         self._engines: dict[str, Engine] = {self.engine_name: self.engine}
         self.steps = 0
+        self._shards_checked = False
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -169,6 +182,11 @@ class MetaLearner:
             raise ValueError(f"the model must return (batch, classes) logits, got shape {tuple(out.shape)}")
         self.num_classes = out.shape[1]
         self.engine.bind(self.layer_infos, self.device, self.dtype)
+        if dist.is_distributed():  # every rank starts from rank 0's state (as DDP does)
+            meta = self.meta_model
+            dist.broadcast_([*self.model.parameters(), *self.model.buffers(), *self.engine.parameters(),
+                             *(meta.parameters() if meta is not None else ())])
+            dist.sync_generator_(self.generator)
 
     def _engine(self, name: str | None) -> Engine:
         if name is None:
@@ -177,6 +195,7 @@ class MetaLearner:
         if name not in self._engines:
             eng = build_engine(name)
             eng.bind(self.layer_infos, self.device, self.dtype)
+            dist.broadcast_(eng.parameters())
             self._engines[name] = eng
         return self._engines[name]
 
@@ -212,6 +231,13 @@ class MetaLearner:
             if ys.dtype != torch.long and not soft:
                 raise TypeError(f"{what} labels must be int64 (torch.long), got {ys.dtype}")
         self._bind(x)
+        if not self._shards_checked and dist.is_distributed():
+            sizes = [None] * dist.world_size()
+            torch.distributed.all_gather_object(sizes, (x.shape[0], x_meta.shape[0]))
+            if len(set(sizes)) > 1:
+                raise ValueError(f"ranks hold shards of different sizes (training, meta): {sizes}; the union "
+                                 "batch's step needs equal shards")
+            self._shards_checked = True
         c = self.num_classes
         if y.dim() == 2:  # soft targets (MixMatch): one column per class
             if y.shape[1] != c:
@@ -265,6 +291,7 @@ class MetaLearner:
         keep = self.reuse_forward and not self.lagged
         res: MetaResult = self.engine.compute(self._batch(x, y, x_meta, y_meta, keep_virtual=keep), self.generator)
         timer = StageTimer(x.device)
+        self._reduce(res)
         self.method.apply(res.meta_grads)
         self.engine.apply(res)
         timer.mark("meta_backward")  # the meta optimizers' steps belong to Meta-Train
@@ -282,6 +309,8 @@ class MetaLearner:
             timer.mark("actual_forward")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if dist.is_distributed():  # DDP-style: the union loss is the sum of the ranks' losses
+                (loss,) = dist.reduce_gradients_(self.model.parameters(), [loss.detach()])
             self.optimizer.step()
             timer.mark("actual_backward")
         times = {s: res.times.get(s, 0.0) + timer.times.get(s, 0.0) for s in STAGES}
@@ -294,6 +323,27 @@ class MetaLearner:
             times=times,
             aux=res.aux,
         )
+
+    def _reduce(self, res: MetaResult) -> None:
+        """In a process group: the union batch's meta gradients and meta loss, from the ranks' parts.
+
+        Replicated meta parameters and samplers: the mean over ranks (the engines' convention, see
+        :mod:`famus.distributed`); per-example ones (L2R's ``eps``): this rank's slice over the world size.
+        """
+        if not dist.is_distributed():
+            return
+        per_example = self.method.per_example
+        shared = [n for n in res.meta_grads if n not in per_example]
+        samplers = list(res.sampler_grads or {})
+        tensors = [res.meta_grads[n] for n in shared] + [res.sampler_grads[n] for n in samplers] + [res.meta_loss]
+        out = dist.mean_over_ranks(tensors)
+        res.meta_grads.update(zip(shared, out[: len(shared)]))
+        if samplers:
+            res.sampler_grads = dict(zip(samplers, out[len(shared) : -1]))
+        res.meta_loss = out[-1]
+        for n in per_example:
+            if n in res.meta_grads:
+                res.meta_grads[n] = res.meta_grads[n] / dist.world_size()
 
     def _copy_buffers(self, buffers: dict[str, Tensor] | None) -> None:
         """Install the running statistics the Virtual-Train forward produced (BN moves once)."""
@@ -340,6 +390,7 @@ class MetaLearner:
         with self._no_side_effects():
             self.model.train()
             res = engine.compute(self._batch(x, y, x_meta, y_meta), self.generator, layers=layers)
+            self._reduce(res)
         out = {k: v.detach() for k, v in res.meta_grads.items()}
         if include_samplers and res.sampler_grads:
             out.update({f"sampler:{k}": v.detach() for k, v in res.sampler_grads.items()})
@@ -368,12 +419,14 @@ class MetaLearner:
             loss, _ = self.method.loss(logits, y, theta)
             names = list(batch.params)
             grads = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True)
+            grads = dist.sum_over_ranks(grads)  # the union batch's gradient (process group)
             with torch.no_grad():
                 w_hat = {
                     n: p if g is None else p - batch.lrs[n] * g for n, p, g in zip(names, batch.params.values(), grads)
                 }
                 out = torch.func.functional_call(self.model, {**w_hat, **batch.buffers}, (x_meta,))
-                return float(torch.nn.functional.cross_entropy(out, y_meta))
+                (value,) = dist.mean_over_ranks([torch.nn.functional.cross_entropy(out, y_meta)])
+                return float(value)
 
     def state_dict(self) -> dict:
         """Meta model, meta optimizer, engine state (samplers) and the generator."""

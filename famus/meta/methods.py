@@ -18,14 +18,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from famus import distributed as dist
 from famus.registry import Registry
 
 METHODS: Registry[type[MetaMethod]] = Registry("method")
 
 
 def _normalize(v: Tensor) -> Tensor:
-    """``v / sum(v)``, leaving an all-zero vector at zero (no host sync)."""
-    s = v.sum()
+    """``v / sum(v)``, leaving an all-zero vector at zero (no host sync).
+
+    In a process group the sum is over the union batch (every rank's ``v``), differentiably.
+    """
+    s = dist.global_sum(v.sum())
     return v / torch.where(s != 0, s, torch.ones_like(s))
 
 
@@ -36,11 +40,18 @@ class MetaMethod:
         meta_model: the meta model (an ``nn.Module``) or ``None`` (L2R).
         lagged_ok: the meta parameters persist across steps, so the Virtual-Train gradient is a
             training gradient at the previous meta parameters (the learner's lagged mode).
+        per_example: names of meta parameters with one entry per training example (L2R's
+            ``eps``): in a process group each rank holds its shard's slice instead of a replica.
+
+    In a process group, ``c`` must be the union batch's coefficients restricted to this rank's
+    shard (normalizers summed over ranks with :func:`famus.distributed.global_sum`), so that the
+    ranks' losses add up to the union batch's loss.
     """
 
     name = "base"
     meta_model: nn.Module | None = None
     lagged_ok = True
+    per_example: frozenset[str] = frozenset()
 
     def to(self, device: torch.device, dtype: torch.dtype) -> MetaMethod:
         """Move the meta model next to the base model."""
@@ -187,7 +198,7 @@ class MWNet(MetaMethod):
         inp = losses.detach().unsqueeze(1)
         v = self.meta_model(inp) if theta is None else functional_call(self.meta_model, theta, (inp,))
         v = v.reshape(-1)
-        return _normalize(v) if self.normalize else v / v.numel()
+        return _normalize(v) if self.normalize else v / (v.numel() * dist.world_size())
 
     def loss(self, logits: Tensor, y: Tensor, theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         losses = per_example_losses(self.loss_fn, logits, y)
@@ -214,6 +225,7 @@ class L2R(MetaMethod):
 
     name = "l2r"
     lagged_ok = False  # eps is reset to 0 each step: the Virtual-Train gradient is zero
+    per_example = frozenset({"eps"})
 
     def __init__(self, loss_fn: PerExampleLossFn | None = None) -> None:
         self.loss_fn = loss_fn

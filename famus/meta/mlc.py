@@ -28,6 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from famus import distributed as dist
 from famus.meta.methods import METHODS, MetaMethod, make_meta_optimizer
 
 
@@ -139,12 +140,12 @@ class MLC(MetaMethod):
             raise ValueError(f"mlc was built for {t_logits.shape[0]} classes but the model has {logits.shape[1]}; "
                              f"pass num_classes={logits.shape[1]}")
         losses = corrected_nll(logits, y, t_logits)
-        c = torch.full_like(losses, 1.0 / losses.numel())
+        c = torch.full_like(losses, 1.0 / (losses.numel() * dist.world_size()))
         return (c * losses).sum(), c
 
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         # apply() already moved T: Eq. 5 trains w with the updated meta parameters, held fixed here
         losses = corrected_nll(logits, y, self.meta_model.T_logits.detach())
-        c = torch.full_like(losses, 1.0 / losses.numel())
+        c = torch.full_like(losses, 1.0 / (losses.numel() * dist.world_size()))
         return (c * losses).sum(), c
 

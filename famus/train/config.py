@@ -66,6 +66,9 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 20
     track_every: int = 0  # every N steps, compare the engine's meta gradient with exact (famus report)
+    # several processes (torchrun; batch_size and meta_batch_size are the global, union batch sizes)
+    sync_bn: bool = False  # BatchNorm statistics over the union batch (else each rank's shard's)
+    dist_timeout_s: float = 600.0  # a collective waiting longer than this fails (a peer died or hangs)
 
     def validate(self) -> TrainConfig:
         """Cheap checks with clear messages, before anything is loaded or written."""
@@ -92,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"milestone_unit must be 'epoch' or 'iter', got {self.milestone_unit!r}")
         if self.metrics_format not in ("jsonl", "csv"):
             raise ValueError(f"metrics_format must be 'jsonl' or 'csv', got {self.metrics_format!r}")
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         return self

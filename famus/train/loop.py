@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import famus
+from famus import distributed as dist
 from famus.data import NOISE, save_noisy_labels
 from famus.losses import LOSSES, build_loss
 from famus.meta import ENGINES, METHODS, MetaLearner
@@ -35,8 +36,11 @@ class TrainingError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The training device; under a launcher with several processes, ``cuda`` is this rank's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        name = dist.rank_device(name)
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
@@ -91,6 +95,16 @@ def _validate_names(cfg: TrainConfig) -> None:
                          "with it (use --loss ce)")
 
 
+def _check_distributed(cfg: TrainConfig) -> None:
+    """What does not run on several processes yet, as clear errors."""
+    if dist.world_size() == 1:
+        return
+    if cfg.meta_set == "pseudo":
+        raise ValueError("--meta-set pseudo does not run on several processes yet; use one process")
+    if cfg.track_every:
+        raise ValueError("--track-every does not run on several processes yet; use one process or 0")
+
+
 def _init_params(method: str) -> set[str]:
     return set(inspect.signature(METHODS.get(method).__init__).parameters)
 
@@ -111,15 +125,22 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int) -> float:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: RunData, batch_size: int) -> tuple[float, torch.Tensor]:
-    """Test accuracy and per-class accuracy ``(C,)``, in eval mode."""
+    """Test accuracy and per-class accuracy ``(C,)``, in eval mode.
+
+    With several processes each rank evaluates a contiguous part of the test set (the ranks' models
+    are identical) and the per-class counts are summed over ranks.
+    """
     was = model.training
     model.eval()
     correct = torch.zeros(data.num_classes, device=data.test_y.device)
-    for i in range(0, data.test_x.shape[0], batch_size):
-        x = data.augmenter.normalize(data.test_x[i : i + batch_size])
-        y = data.test_y[i : i + batch_size]
+    n, w, r = data.test_x.shape[0], dist.world_size(), dist.rank()
+    for i in range(n * r // w, n * (r + 1) // w, batch_size):
+        end = min(i + batch_size, n * (r + 1) // w)
+        x = data.augmenter.normalize(data.test_x[i:end])
+        y = data.test_y[i:end]
         hit = (model(x).argmax(1) == y).float()
         correct.index_add_(0, y, hit)
+    (correct,) = dist.sum_over_ranks([correct])
     model.train(was)
     counts = torch.bincount(data.test_y, minlength=data.num_classes).clamp(min=1)
     return float(correct.sum() / data.test_y.numel()), (correct / counts).cpu()
@@ -144,6 +165,8 @@ def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed
         model_options.setdefault("input_size", data.train_x.shape[-1])  # e.g. the MLP's first layer
     model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                         **model_options).to(device)
+    if cfg.sync_bn and dist.is_distributed():
+        model = dist.convert_sync_batchnorm(model)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
     # per-class terms (LDAM margins, CB weights) count the training labels the trainer actually has
@@ -174,35 +197,54 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
     The run folder holds ``config.yaml`` (resolved), ``run.json`` (seed, code version,
     environment), ``noisy_labels.pt``, ``metrics.jsonl`` (one record per epoch),
     ``checkpoint.pt`` (latest, written atomically each epoch) and ``model_best.pt``.
+
+    Several processes (``torchrun --nproc_per_node N -m famus train ...``, or inside a process group
+    the caller initialized): data-parallel training, each rank on an equal shard of every (global)
+    batch and meta batch, with the union batch's meta step (:mod:`famus.distributed`). Rank 0 writes
+    the run folder; every rank returns the same summary.
     """
     cfg = _coerce(config).validate()
     if cfg.meta_set == "pseudo":
         cfg = replace(cfg, meta_per_class=0)  # no clean examples: the meta set comes from the GMM split
-    _validate_names(cfg)
-    run_dir = _check_out_dir(cfg)
     device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # under torchrun (WORLD_SIZE > 1) with no process group yet: create it (nccl on GPUs, gloo on CPU)
+    with dist.process_group(device, cfg.dist_timeout_s):
+        return _train(cfg, device)
 
-    # Everything that can fail on bad input happens before the first byte is written.
-    data = prepare_data(cfg, device)
+
+def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    # Everything that can fail on bad input happens before the first byte is written; with several
+    # processes, a failure on one rank is raised on all of them (none is left waiting for it).
+    with dist.agree_on_errors():
+        _validate_names(cfg)
+        _check_distributed(cfg)
+        run_dir = _check_out_dir(cfg)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        data = prepare_data(cfg, device)
+        if cfg.meta_set != "pseudo":
+            if cfg.method != "erm" and data.meta_x.shape[0] == 0:
+                raise ValueError(f"method {cfg.method!r} needs a meta set: pass --meta-per-class k > 0")
+            n = data.train_x.shape[0]
+            if n < 2:
+                raise ValueError(f"only {n} training examples left after the meta split; lower --meta-per-class")
+            batch = min(cfg.batch_size, n)  # the global batch: each rank gets an equal shard of it
+            iters = n // batch  # drop the ragged last batch: BatchNorm needs > 1 example
+            meta_bs = min(cfg.meta_batch_size or cfg.batch_size, data.meta_x.shape[0]) if cfg.method != "erm" else 0
+            shards = (None, None)
+            if dist.is_distributed():
+                rows = dist.shard(batch, "--batch-size")
+                shards = rows, dist.shard(meta_bs, "the meta batch size (--meta-batch-size)") if meta_bs else None
     if cfg.meta_set == "pseudo":
         return _train_pseudo_run(cfg, data, run_dir, device)
-    if cfg.method != "erm" and data.meta_x.shape[0] == 0:
-        raise ValueError(f"method {cfg.method!r} needs a meta set: pass --meta-per-class k > 0")
     model, opt, loss_fn, learner = build_components(cfg, data, device)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch order, meta batches, augmentation
-    n = data.train_x.shape[0]
-    if n < 2:
-        raise ValueError(f"only {n} training examples left after the meta split; lower --meta-per-class")
-    batch = min(cfg.batch_size, n)
-    iters = n // batch  # drop the ragged last batch: BatchNorm needs > 1 example
-    meta_bs = min(cfg.meta_batch_size or cfg.batch_size, data.meta_x.shape[0]) if learner else 0
+    main = dist.is_main()  # rank 0 writes the run folder and shows progress
 
     # many/medium/few-shot groups by training class counts, reported for long-tailed runs
     groups, group_rule = data.class_groups() if cfg.imbalance > 1 else (None, None)
     start_epoch, step, best, elapsed = 0, 0, 0.0, 0.0
-    if cfg.resume:
+    if cfg.resume:  # every rank loads the same checkpoint (several machines: --out on a shared disk)
         ck = load_checkpoint(run_dir / CHECKPOINT)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -211,10 +253,12 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
         gen.set_state(ck["generator"])
         torch.random.set_rng_state(ck["torch_rng"])
         start_epoch, step, best, elapsed = ck["epoch"], ck["step"], ck["best_test_acc"], ck["elapsed_s"]
-    else:
+    elif main:
         _write_run_header(cfg, run_dir, data, device, groups, group_rule)
-    metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
-                            keep_until=start_epoch if cfg.resume else None)
+    metrics = None
+    if main:
+        metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
+                                keep_until=start_epoch if cfg.resume else None)
 
     tracker = None
     if learner is not None and cfg.track_every:
@@ -224,7 +268,7 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
                           keep_until=step if cfg.resume else None)
         if cfg.resume and ck.get("tracker"):
             tracker.load_state_dict(ck["tracker"])
-    bar = tqdm(total=cfg.epochs * iters, initial=start_epoch * iters, disable=not cfg.progress,
+    bar = tqdm(total=cfg.epochs * iters, initial=start_epoch * iters, disable=not (cfg.progress and main),
                desc=f"{cfg.method}/{cfg.meta_grad}" if learner else "erm", unit="it", dynamic_ncols=True)
     last = 0.0
     try:
@@ -232,8 +276,10 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
             if loss_fn is not None:
                 loss_fn.set_epoch(epoch)  # LDAM's deferred re-weighting
             record = _train_epoch(cfg, model, opt, learner, data, gen, epoch, step, iters, batch, meta_bs, bar,
-                                  loss_fn=loss_fn, tracker=tracker)
+                                  loss_fn=loss_fn, tracker=tracker, shards=shards)
             step += iters
+            # per-rank BatchNorm statistics: every rank continues from (and rank 0 saves) their average
+            dist.average_buffers_(model)
             acc, per_class = evaluate(model, data, cfg.eval_batch_size)
             last, best = acc, max(best, acc)
             elapsed += record.pop("epoch_time_s")
@@ -241,6 +287,8 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
                           per_class_acc=[round(float(a), 6) for a in per_class])
             if groups is not None:
                 record.update(group_acc=group_accuracy(per_class, groups), group_rule=group_rule)
+            if not main:
+                continue
             ck = {"epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                   "learner": learner.state_dict() if learner else None, "generator": gen.get_state(),
                   "torch_rng": torch.random.get_rng_state(), "best_test_acc": best, "elapsed_s": elapsed,
@@ -252,9 +300,12 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
             bar.set_postfix(test_acc=f"{acc:.4f}", best=f"{best:.4f}")
     finally:
         bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         if tracker is not None:
             tracker.close()
+    if not main:  # the other ranks return rank 0's summary
+        return dist.broadcast_object(None)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     its = [r["time_per_iter_s"] for r in rows]
     summary = {"run_dir": str(run_dir), "best_test_acc": best,
@@ -262,7 +313,7 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
                "time_per_iter_s": sum(its) / len(its) if its else math.nan, "epochs": len(rows)}
     if rows and "group_acc" in rows[-1]:
         summary.update(group_acc=rows[-1]["group_acc"], group_rule=rows[-1]["group_rule"])
-    return summary
+    return dist.broadcast_object(summary)
 
 
 def _write_run_header(cfg: TrainConfig, run_dir: Path, data: RunData, device: torch.device, groups=None,
@@ -277,6 +328,8 @@ def _write_run_header(cfg: TrainConfig, run_dir: Path, data: RunData, device: to
                 "class_counts": data.class_counts().tolist()}
     if groups is not None:
         run_info.update(class_groups=groups, group_rule=group_rule)
+    if dist.is_distributed():
+        run_info.update(world_size=dist.world_size(), backend=torch.distributed.get_backend())
     atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
     save_noisy_labels(run_dir / "noisy_labels.pt", data.clean_y.cpu(), data.noise)
     torch.save({"train_index": data.train_index, "meta_index": data.meta_index}, run_dir / "split.pt")
@@ -298,8 +351,15 @@ def _train_pseudo_run(cfg: TrainConfig, data: RunData, run_dir: Path, device: to
 
 
 def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iters, batch, meta_bs, bar, loss_fn=None,
-                 tracker=None):
-    """One epoch; returns its metrics record (floats), syncing only every ``log_every`` steps."""
+                 tracker=None, shards=(None, None)):
+    """One epoch; returns its metrics record (floats), syncing only every ``log_every`` steps.
+
+    ``shards``: this rank's rows of each training batch and of each meta batch (several processes;
+    every rank draws the same batches from the same generator and keeps its slice).
+    """
+    rows, meta_rows = shards
+    distributed = dist.is_distributed()
+    shares: list[torch.Tensor] = []  # per step (weight on clean examples, total weight) of this shard
     model.train()
     dev = data.train_x.device
     perm = torch.randperm(data.train_x.shape[0], generator=gen).to(dev)
@@ -315,16 +375,23 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
         for g in opt.param_groups:
             g["lr"] = lr
         idx = perm[it * batch : (it + 1) * batch]
-        x = data.augmenter(data.train_x[idx], gen)
+        x = data.augmenter(data.train_x[idx], gen, rows)
+        if rows is not None:
+            idx = idx[rows]
         y = data.train_y[idx]
         if learner is None:
             loss = F.cross_entropy(model(x), y) if loss_fn is None else loss_fn(model(x), y).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if distributed:  # DDP-style: the union batch's mean loss is the mean of the ranks' means
+                (loss,) = dist.reduce_gradients_(model.parameters(), [loss.detach()], mean=True)
             opt.step()
         else:
             midx = torch.randperm(data.meta_x.shape[0], generator=gen)[:meta_bs].to(dev)
-            xm, ym = data.augmenter(data.meta_x[midx], gen), data.meta_y[midx]
+            xm = data.augmenter(data.meta_x[midx], gen, meta_rows)
+            if meta_rows is not None:
+                midx = midx[meta_rows]
+            ym = data.meta_y[midx]
             stats = learner.step(x, y, xm, ym)
             if tracker is not None and tracker.should_track(step + it + 1):
                 t_track = time.perf_counter()  # tracking is analysis, not training time
@@ -333,7 +400,10 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
             loss = stats.train_loss
             meta_sum += stats.meta_loss.double()
             w = stats.weights.double()
-            clean_mass += (w * (~data.corrupted[idx]).double()).sum() / w.sum().clamp(min=1e-12)
+            if distributed:  # the union batch's share, from every rank's sums (at the epoch's end)
+                shares.append(torch.stack([(w * (~data.corrupted[idx]).double()).sum(), w.sum()]))
+            else:
+                clean_mass += (w * (~data.corrupted[idx]).double()).sum() / w.sum().clamp(min=1e-12)
             for k, v in stats.times.items():
                 stage[k] = stage.get(k, 0.0) + v
             for k, v in (stats.gates or {}).items():
@@ -349,6 +419,9 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
             bar.update(epoch * iters + it + 1 - bar.n)
             bar.set_postfix(loss=f"{float(loss_sum) / (it + 1):.4f}", lr=f"{lr:g}")
     epoch_time = time.perf_counter() - t_epoch
+    if shares:
+        (sums,) = dist.sum_over_ranks([torch.stack(shares)])
+        clean_mass = (sums[:, 0] / sums[:, 1].clamp(min=1e-12)).sum()
     record: dict[str, Any] = {"train_loss": float(loss_sum) / iters, "lr": lr, "time_per_iter_s": epoch_time / iters,
                               "epoch_time_s": epoch_time}
     if learner is not None:

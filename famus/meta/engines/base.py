@@ -81,6 +81,11 @@ class MetaBatch:
 class MetaResult:
     """What an engine returns.
 
+    In a ``torch.distributed`` process group (data parallel, see :mod:`famus.distributed`), an
+    engine reduces what the union batch needs inside the step (the Virtual-Train gradient and loss,
+    summed over ranks; the meta-set gradient, averaged) and returns per-rank ``meta_grads``,
+    ``sampler_grads`` and ``meta_loss`` whose mean over ranks is the union's; the learner averages them.
+
     Attributes:
         meta_grads: meta parameter name -> gradient (same shapes as ``theta``).
         sampler_grads: sampler parameter name -> gradient, for engines with samplers.

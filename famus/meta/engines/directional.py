@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from famus import distributed as dist
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
 from famus.meta.engines.derivative import default_fd_eps, fd_logits, jvp_logits
 from famus.meta.engines.second_order import GateFn, grad_match_loss
@@ -48,7 +49,9 @@ def _theta_grads(batch: MetaBatch, logits: Tensor, jd: Tensor | None) -> dict[st
         z = logits.detach().requires_grad_()
         loss, _ = batch.method.loss(z, batch.y, batch.theta)
         (gz,) = torch.autograd.grad(loss, z, create_graph=True)
-        inner = (gz * jd).sum()
+        # in a process group this rank's share of <grad_z l, J d> (its examples), times the world
+        # size: the learner averages replicated meta gradients over ranks (see famus.distributed)
+        inner = (gz * jd).sum() * dist.world_size()
         if not inner.requires_grad:  # the loss does not depend on theta at all
             return zeros
         out = torch.autograd.grad(inner, [batch.theta[n] for n in names], allow_unused=True)
@@ -110,6 +113,7 @@ def _objective_grads(
     if not (lambda_g and all(grads[p] is not None and p in leaves for p in last.params)):
         return dict(zip(leaves, torch.autograd.grad(meta_loss, [w_hat[p] for p in leaves]))), {}
     v_last = torch.autograd.grad(meta_loss, [w_hat[p] for p in last.params], create_graph=True)
+    v_last = dist.mean_over_ranks(v_last, differentiable=True)  # the union meta batch's gradient
     g_last = [grads[p].detach().requires_grad_() for p in last.params]
     loss_g = grad_match_loss(g_last, list(v_last))
     aux["loss_g"] = loss_g.detach()
@@ -176,6 +180,7 @@ def directional(
 
     names = list(batch.params)
     raw = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True, retain_graph=keep)
+    loss_value, *raw = dist.sum_over_ranks([loss.detach(), *raw])  # the union batch's (process group)
     grads: dict[str, Tensor | None] = dict(zip(names, raw))
     gates, extra, sampler_params, hard = run_gates(gate_fn, grads)
     timer.mark("virtual_backward")
@@ -191,6 +196,8 @@ def directional(
 
     aux: dict[str, Tensor] = {}
     V, b = _objective_grads(batch, meta_loss, w_hat, leaves, grads, lambda_g, aux)
+    if dist.is_distributed():  # v of the union meta batch (b is the same on every rank already)
+        V = dict(zip(V, dist.mean_over_ranks(list(V.values()))))
     if extra is not None:
         aux["loss_r"] = extra.detach()
     sampler_grads = _sampler_grads(batch, gates, hard, extra, sampler_params, V, grads)
@@ -223,7 +230,7 @@ def directional(
         sampler_grads=sampler_grads,
         gates={k: v.detach() for k, v in gates.items()} or None,
         meta_loss=meta_loss.detach(),
-        train_loss=loss.detach(),
+        train_loss=loss_value,
         weights=c.detach(),
         aux=aux,
         times=timer.times,

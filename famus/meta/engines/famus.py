@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from famus import distributed as dist
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, select_layers
 from famus.meta.engines.directional import FD, JVP
 from famus.meta.engines.second_order import second_order
@@ -101,6 +102,10 @@ class FaMUS(Engine):
             logits = torch.stack([self.samplers[sampler_key(i.name)](inputs[i.name]) for i in live])
             uniform = torch.rand(logits.shape, generator=generator).to(logits.device, logits.dtype)
             r = gumbel_gates(logits, uniform, self.temperature)
+            # in a process group every rank has the same inputs (the summed gradient), samplers and
+            # random stream, so the same gates; rank 0's are imposed anyway, since the graph's shape
+            # (hence the sequence of collectives) depends on them
+            r = dist.same_on_all_ranks(r)
             loss_r = self.lambda_r * (r.sum() - self.k) ** 2
             return {i.name: r[j] for j, i in enumerate(live)}, loss_r, dict(self.samplers.named_parameters())
 

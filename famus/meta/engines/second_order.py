@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from famus import distributed as dist
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
 from famus.meta.engines.staging import rng_state, same_rng_state
 
@@ -74,6 +75,9 @@ def second_order(
 
     names = list(batch.params)
     raw = torch.autograd.grad(loss, [batch.params[n] for n in names], create_graph=True, allow_unused=True)
+    # in a process group: the union batch's gradient and loss, summed over ranks differentiably, so
+    # the meta gradient also flows back through the other ranks' examples
+    loss_value, *raw = dist.sum_over_ranks([loss.detach(), *raw], differentiable=True)
     grads: dict[str, Tensor | None] = dict(zip(names, raw))
     gates, extra, sampler_params, hard = run_gates(gate_fn, grads)
     timer.mark("virtual_backward")
@@ -107,6 +111,7 @@ def second_order(
         last_hat = [w_hat[p] for p in last.params]
         if all(t.requires_grad for t in last_hat):
             val = torch.autograd.grad(meta_loss, last_hat, create_graph=True)
+            val = dist.mean_over_ranks(val, differentiable=True)  # the union meta batch's gradient
             loss_g = grad_match_loss([grads[p] for p in last.params], list(val))
             objective = objective + lambda_g * loss_g
             aux["loss_g"] = loss_g.detach()
@@ -128,7 +133,7 @@ def second_order(
         sampler_grads=sampler_grads,
         gates={k: v.detach() for k, v in gates.items()} or None,
         meta_loss=meta_loss.detach(),
-        train_loss=loss.detach(),
+        train_loss=loss_value,
         weights=c.detach(),
         aux=aux,
         times=timer.times,
