@@ -138,19 +138,23 @@ def torchrun(args: list[str], timeout: float, **env) -> subprocess.CompletedProc
 
 CLI = ["--dataset", "digits", "--model", "lenet", "--set", "model_options.width=4", "--set", "model_options.hidden=16",
        "--train-subset", "700", "--meta-per-class", "10", "--batch-size", "64", "--method", "mwnet",
-       "--meta-grad", "famus", "--lr", "0.05", "--threads", "1", "--no-progress"]
+       "--meta-grad", "exact", "--lr", "0.05", "--threads", "1", "--no-progress"]
 
 
-def test_torchrun_famus_sync_bn_with_resume_equals_one_process(tmp_path):
-    """2 processes under torchrun (FaMUS, SyncBatchNorm), 1 epoch, then --resume to 2 epochs: the
-    same model, gates and metrics as one process running 2 epochs on the same global batches."""
+def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
+    """2 processes under torchrun (SyncBatchNorm), 1 epoch, then --resume to 2 epochs: the same model
+    and metrics as one process running 2 epochs on the same global batches.
+
+    float32 over two epochs: summation order differs between 1 and 2 processes, so discrete
+    outcomes (FaMUS gate near-ties, test predictions) are compared in the float64 step tests
+    instead, and test accuracy here to within two test examples."""
     out = tmp_path / "two"
     for epochs, more in (("1", []), ("2", ["--resume"])):
         p = torchrun([*CLI, "--set", "sync_bn=true", "--epochs", epochs, "--out", str(out), *more], timeout=120)
         assert p.returncode == 0, p.stderr[-3000:]
         assert p.stdout.count("best test accuracy") == 1  # rank 0 reports
     train(TrainConfig(dataset="digits", model="lenet", model_options={"width": 4, "hidden": 16}, train_subset=700,
-                      meta_per_class=10, batch_size=64, method="mwnet", meta_grad="famus", lr=0.05, threads=1,
+                      meta_per_class=10, batch_size=64, method="mwnet", meta_grad="exact", lr=0.05, threads=1,
                       progress=False, epochs=2, out=str(tmp_path / "one")))
     a, b = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(tmp_path / "one" / "checkpoint.pt")
     assert a["step"] == b["step"] > 0
@@ -160,9 +164,9 @@ def test_torchrun_famus_sync_bn_with_resume_equals_one_process(tmp_path):
     rows_b = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows_a] == [1, 2]
     for ra, rb in zip(rows_a, rows_b):
-        assert ra["gate_rate"] == rb["gate_rate"]
-        for key in ("train_loss", "meta_loss", "clean_weight_share", "test_acc"):
+        for key in ("train_loss", "meta_loss", "clean_weight_share"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
+        assert ra["test_acc"] == pytest.approx(rb["test_acc"], abs=2 / 360)
 
 
 def test_torchrun_a_failing_rank_fails_the_job(tmp_path):
