@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from famus.bench import DEFAULT_ENGINES, add_arguments, bench, format_table, parse_engine, run_cli
 from famus.meta.engines import STAGES
@@ -18,12 +17,8 @@ TINY = dict(model="small-resnet", input_shape=(1, 8, 8), batch_size=8, num_class
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared machine: OpenMP threads waiting on a busy core cost 10x; one thread is steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Every test here runs on one thread (the shared ``one_thread`` fixture in tests/conftest.py)."""
 
 
 def _check(result, engines):

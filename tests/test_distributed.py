@@ -35,11 +35,8 @@ ERM_RUN = dict(dataset="digits", model="mlp", model_options={"hidden": 32}, meth
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Every test here runs on one thread (the shared ``one_thread`` fixture in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,8 @@ def make_batches(seed=0, n=6, m=5, classes=3, size=5, dtype=torch.float64):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: with other processes on the machine, OpenMP threads waiting on a
-    busy core make each op ~10x slower, and one thread is as fast when the machine is idle."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Every test here runs on one thread (the shared ``one_thread`` fixture in tests/conftest.py)."""
 
 
 @pytest.fixture
