@@ -52,6 +52,14 @@ class MetaMethod:
     meta_model: nn.Module | None = None
     lagged_ok = True
     per_example: frozenset[str] = frozenset()
+    # optional batch-level term added to every training loss, ``logits (n, C) -> scalar`` (e.g. the
+    # prior penalty of pseudo-clean co-training); it does not depend on the meta parameters
+    regularizer: Callable[[Tensor], Tensor] | None = None
+
+    def _total(self, c: Tensor, losses: Tensor, logits: Tensor) -> Tensor:
+        """``sum_i c_i L_i``, plus :attr:`regularizer` of the logits when one is set."""
+        total = (c * losses).sum()
+        return total if self.regularizer is None else total + self.regularizer(logits)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> MetaMethod:
         """Move the meta model next to the base model."""
@@ -203,13 +211,13 @@ class MWNet(MetaMethod):
     def loss(self, logits: Tensor, y: Tensor, theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         losses = per_example_losses(self.loss_fn, logits, y)
         c = self._coefficients(losses, theta)
-        return (c * losses).sum(), c
+        return self._total(c, losses, logits), c
 
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         losses = per_example_losses(self.loss_fn, logits, y)
         with torch.no_grad():
             c = self._coefficients(losses, None)
-        return (c * losses).sum(), c
+        return self._total(c, losses, logits), c
 
 
 @METHODS.register("l2r")
@@ -236,7 +244,7 @@ class L2R(MetaMethod):
     def loss(self, logits: Tensor, y: Tensor, theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         losses = per_example_losses(self.loss_fn, logits, y)
         c = theta["eps"]
-        return (c * losses).sum(), c
+        return self._total(c, losses, logits), c
 
     @staticmethod
     def weights(meta_grads: dict[str, Tensor]) -> Tensor:
@@ -246,7 +254,7 @@ class L2R(MetaMethod):
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         losses = per_example_losses(self.loss_fn, logits, y)
         c = self.weights(meta_grads).to(losses.dtype)
-        return (c * losses).sum(), c
+        return self._total(c, losses, logits), c
 
 
 def build_method(name: str, **options) -> MetaMethod:

@@ -141,11 +141,11 @@ class MLC(MetaMethod):
                              f"pass num_classes={logits.shape[1]}")
         losses = corrected_nll(logits, y, t_logits)
         c = torch.full_like(losses, 1.0 / (losses.numel() * dist.world_size()))
-        return (c * losses).sum(), c
+        return self._total(c, losses, logits), c
 
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         # apply() already moved T: Eq. 5 trains w with the updated meta parameters, held fixed here
         losses = corrected_nll(logits, y, self.meta_model.T_logits.detach())
         c = torch.full_like(losses, 1.0 / (losses.numel() * dist.world_size()))
-        return (c * losses).sum(), c
+        return self._total(c, losses, logits), c
 

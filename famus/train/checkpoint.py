@@ -9,7 +9,9 @@ import torch
 
 from famus.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "load_checkpoint", "save_checkpoint"]
+CHECKPOINT = "checkpoint.pt"  # the latest checkpoint in a run folder
+
+__all__ = ["CHECKPOINT", "atomic_write_bytes", "atomic_write_text", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -85,8 +85,14 @@ class TrainConfig:
             raise ValueError(f"meta_per_class must be >= 0, got {self.meta_per_class}")
         if self.meta_set not in ("clean", "pseudo"):
             raise ValueError(f"meta_set must be 'clean' or 'pseudo', got {self.meta_set!r}")
-        if self.meta_set == "pseudo" and self.resume:
-            raise ValueError("--resume is not supported with --meta-set pseudo yet; start a new run")
+        if self.meta_set == "pseudo":
+            from famus.train.pseudo import pseudo_options  # here, so a bad option writes nothing
+
+            pseudo_options(self.pseudo_options)
+            if self.loss != "ce":
+                raise ValueError("--meta-set pseudo trains with its own MixMatch loss; use --loss ce")
+            if self.method == "mlc":
+                raise ValueError("--meta-set pseudo trains on soft MixMatch targets; use --method mwnet, l2r or erm")
         if self.method != "erm" and self.meta_per_class == 0 and self.meta_set == "clean":
             raise ValueError(f"method {self.method!r} needs a meta set: pass --meta-per-class k > 0")
         if self.lr <= 0:

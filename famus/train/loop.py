@@ -23,12 +23,10 @@ from famus.data import NOISE, save_noisy_labels
 from famus.losses import LOSSES, build_loss
 from famus.meta import ENGINES, METHODS, MetaLearner
 from famus.models import MODELS, build_model
-from famus.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from famus.train.checkpoint import CHECKPOINT, atomic_write_text, load_checkpoint, save_checkpoint
 from famus.train.config import TrainConfig, from_dict, load_config
 from famus.train.data import GROUPS, RunData, prepare_data
 from famus.train.metrics import MetricsWriter
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class TrainingError(RuntimeError):
@@ -338,12 +336,12 @@ def _write_run_header(cfg: TrainConfig, run_dir: Path, data: RunData, device: to
 def _train_pseudo_run(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.device) -> dict[str, Any]:
     from famus.train.pseudo import train_pseudo
 
-    if cfg.method == "erm":
-        raise ValueError("--meta-set pseudo needs a meta-learning method (mwnet or l2r)")
-    _write_run_header(cfg, run_dir, data, device)
+    if not cfg.resume:
+        _write_run_header(cfg, run_dir, data, device)
     iters = data.train_x.shape[0] // min(cfg.batch_size, data.train_x.shape[0])
-    bar = tqdm(total=cfg.epochs * iters * 2, disable=not cfg.progress, unit="it", dynamic_ncols=True,
-               desc=f"pseudo {cfg.method}/{cfg.meta_grad}")
+    start = load_checkpoint(run_dir / CHECKPOINT)["epoch"] if cfg.resume else 0
+    bar = tqdm(total=cfg.epochs * iters * 2, initial=start * iters * 2, disable=not cfg.progress, unit="it",
+               dynamic_ncols=True, desc=f"pseudo {cfg.method}/{cfg.meta_grad}" if cfg.method != "erm" else "pseudo erm")
     try:
         return train_pseudo(cfg, data, run_dir, device, bar)
     finally:

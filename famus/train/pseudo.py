@@ -1,12 +1,14 @@
 """``--meta-set pseudo``: no clean labels. Two co-trained networks pick each other's meta sets.
 
-Supplement Algorithm 2 and the reference code: after a cross-entropy warm-up, each epoch
-each network's per-example training losses (eval mode, normalized) are fit with a
-2-component GMM; examples whose clean probability exceeds a threshold form the
+Supplement Algorithm 2 and the reference code (built on DivideMix): after a cross-entropy
+warm-up, each epoch each network's per-example training losses (eval mode, normalized) are
+fit with a 2-component GMM; examples whose clean probability exceeds a threshold form the
 pseudo-clean set, which is the *other* network's meta set and labeled set. The rest is
-unlabeled data with MixMatch-style guessed labels (sharpening, Beta(alpha) mixup, a
-lambda_u ramp-up). Training reads only the noisy labels; the clean labels serve only to
-report the split's precision and recall.
+unlabeled data. Each step trains on a MixMatch batch (:mod:`famus.train.semi`: label
+refinement, co-guessing, sharpening, Beta(alpha) mixup, a lambda_u ramp-up and a prior
+penalty), reweighted by the meta method (or unweighted with ``--method erm``: DivideMix).
+Training reads only the noisy labels; the clean labels serve only to report the split's
+precision and recall.
 """
 
 from __future__ import annotations
@@ -20,44 +22,40 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from famus.data.pseudo_clean import gmm_clean_probability, split_by_probability, split_quality
-from famus.train.checkpoint import save_checkpoint
+from famus.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from famus.train.config import TrainConfig
 from famus.train.data import RunData
 from famus.train.metrics import MetricsWriter
+from famus.train.semi import SemiLoss, mix_batch, prior_penalty
 
 PSEUDO_DEFAULTS = dict(warmup_epochs=1, p_threshold=0.5, meta_threshold=0.5, alpha=4.0, lambda_u=25.0,
-                       rampup_epochs=16, temperature=0.5, min_meta=10)
+                       rampup_epochs=16, temperature=0.5, min_meta=10, refine=True, prior_penalty=True)
 
 
-class SemiLoss:
-    """Per-example loss of a mixed batch: soft cross-entropy for the first ``n_labeled`` rows,
-    ``lambda_u * MSE(softmax, target)`` for the unlabeled rest (MixMatch).
-
-    Called as ``(logits (n, C), targets (n, C) float) -> (n,)``.
-    """
-
-    def __init__(self, n_labeled: int) -> None:
-        self.n_labeled = n_labeled
-        self.lambda_u = 0.0
-
-    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
-        ce = -(targets * F.log_softmax(logits, dim=1)).sum(1)
-        mse = ((F.softmax(logits, dim=1) - targets) ** 2).mean(1)
-        labeled = torch.arange(logits.shape[0], device=logits.device) < self.n_labeled
-        return torch.where(labeled, ce, self.lambda_u * mse)
-
-
-def sharpen(p: Tensor, temperature: float) -> Tensor:
-    """``p^(1/T)`` renormalized, ``(n, C) -> (n, C)``."""
-    q = p ** (1.0 / temperature)
-    return q / q.sum(1, keepdim=True)
+def pseudo_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` over :data:`PSEUDO_DEFAULTS`, checked: an unknown key or a bad value is a ``ValueError``."""
+    unknown = set(options) - set(PSEUDO_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown pseudo_options {sorted(unknown)}; valid: {', '.join(sorted(PSEUDO_DEFAULTS))}")
+    opts = {**PSEUDO_DEFAULTS, **options}
+    for key in ("p_threshold", "meta_threshold"):
+        if not 0.0 <= float(opts[key]) <= 1.0:
+            raise ValueError(f"pseudo_options {key} must be in [0, 1], got {opts[key]}")
+    for key in ("alpha", "temperature"):
+        if not float(opts[key]) > 0:
+            raise ValueError(f"pseudo_options {key} must be > 0, got {opts[key]}")
+    for key in ("warmup_epochs", "rampup_epochs", "lambda_u"):
+        if float(opts[key]) < 0:
+            raise ValueError(f"pseudo_options {key} must be >= 0, got {opts[key]}")
+    if int(opts["min_meta"]) < 1:
+        raise ValueError(f"pseudo_options min_meta must be >= 1, got {opts['min_meta']}")
+    return opts
 
 
 @torch.no_grad()
-def eval_losses(model: torch.nn.Module, data: RunData, batch_size: int) -> Tensor:
+def eval_losses(model: torch.nn.Module, data: RunData, batch_size: int) -> torch.Tensor:
     """``(N,)`` per-example CE of every training example against its NOISY label, eval mode."""
     was = model.training
     model.eval()
@@ -70,55 +68,131 @@ def eval_losses(model: torch.nn.Module, data: RunData, batch_size: int) -> Tenso
 
 
 @torch.no_grad()
-def _accuracy(models: list[torch.nn.Module], data: RunData, batch_size: int) -> float:
+def _accuracies(models: list[torch.nn.Module], data: RunData, batch_size: int) -> list[float]:
+    """Test accuracy of each model, then of their ensemble (mean logits); one pass per model."""
     for m in models:
         m.eval()
-    correct = 0
+    correct = torch.zeros(len(models) + 1, dtype=torch.long)
     for i in range(0, data.test_x.shape[0], batch_size):
         x = data.augmenter.normalize(data.test_x[i : i + batch_size])
-        logits = sum(m(x) for m in models) / len(models)
-        correct += int((logits.argmax(1) == data.test_y[i : i + batch_size]).sum())
+        y = data.test_y[i : i + batch_size]
+        logits = [m(x) for m in models]
+        logits.append(sum(logits) / len(models))
+        correct += torch.stack([(z.argmax(1) == y).sum().cpu() for z in logits])
     for m in models:
         m.train()
-    return correct / data.test_y.numel()
+    return (correct.double() / data.test_y.numel()).tolist()
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def _warmup_epoch(model, opt, data: RunData, gen, iters: int, batch: int, log_every: int, bar) -> float:
+    """One epoch of cross-entropy on the noisy labels; returns the summed logged losses."""
+    n, dev, loss_sum = data.train_x.shape[0], data.train_x.device, 0.0
+    perm = torch.randperm(n, generator=gen).to(dev)
+    for it in range(iters):
+        idx = perm[it * batch : (it + 1) * batch]
+        loss = F.cross_entropy(model(data.augmenter(data.train_x[idx], gen)), data.train_y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % log_every == 0:
+            loss_sum += float(loss.detach())
+        bar.update(1)
+    return loss_sum
+
+
+def _semi_epoch(nets, k: int, prob_other: torch.Tensor, semi: SemiLoss, opts: dict, cfg: TrainConfig,
+                data: RunData, gen, rng, iters: int, batch: int, epoch: int, bar) -> float:
+    """One epoch of network ``k`` on the split of the other network; returns the summed logged losses."""
+    from famus.train.loop import TrainingError
+
+    model, opt, learner = nets[k]
+    other = nets[1 - k][0]
+    dev, half = data.train_x.device, semi.n_labeled
+    # the other network's split: labeled set and meta set of this one (co-divide)
+    labeled, unlabeled = split_by_probability(prob_other, opts["p_threshold"], min_size=half)
+    meta_idx, _ = split_by_probability(prob_other, opts["meta_threshold"], min_size=opts["min_meta"])
+    if unlabeled.numel() == 0:
+        unlabeled = labeled
+    labeled, unlabeled, meta_idx = labeled.to(dev), unlabeled.to(dev), meta_idx.to(dev)
+    w_all = prob_other.to(device=dev, dtype=torch.float32)  # clean probabilities: label-refinement weights
+    meta_bs = min(cfg.meta_batch_size or batch, meta_idx.numel())
+    loss_sum = 0.0
+    for it in range(iters):
+        li = labeled[torch.randint(labeled.numel(), (half,), generator=gen).to(dev)]
+        ui = unlabeled[torch.randint(unlabeled.numel(), (batch - half,), generator=gen).to(dev)]
+        lv = (data.augmenter(data.train_x[li], gen), data.augmenter(data.train_x[li], gen))
+        uv = (data.augmenter(data.train_x[ui], gen), data.augmenter(data.train_x[ui], gen))
+        mb = mix_batch(model, other, lv, data.train_y[li], w_all[li], uv, data.num_classes, opts["temperature"],
+                       opts["alpha"], rng, gen, refine=opts["refine"])
+        if learner is None:  # plain DivideMix: Lx + lambda_u * Lu (+ prior penalty)
+            logits = model(mb.x)
+            loss = semi.mean(logits, mb.t)
+            if opts["prior_penalty"]:
+                loss = loss + prior_penalty(logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            mi = meta_idx[torch.randint(meta_idx.numel(), (meta_bs,), generator=gen).to(dev)]
+            loss = learner.step(mb.x, mb.t, data.augmenter(data.train_x[mi], gen), data.train_y[mi]).train_loss
+        if it % cfg.log_every == 0:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingError(f"the training loss became NaN or inf at epoch {epoch + 1}; stopped. "
+                                    f"The last good checkpoint is kept in {cfg.out}")
+            loss_sum += value
+        bar.update(1)
+    return loss_sum
 
 
 def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.device, bar) -> dict[str, Any]:
     """Co-train two networks with pseudo-clean meta sets; returns the run summary.
 
     ``data.clean_y`` and ``data.corrupted`` are read only by :func:`split_quality` (reporting).
+    With ``cfg.resume`` the run continues from its last checkpoint, as if never interrupted.
     """
     from famus.train.loop import build_components  # the same model/optimizer/learner as a clean run
 
-    opts = {**PSEUDO_DEFAULTS, **cfg.pseudo_options}
-    unknown = set(opts) - set(PSEUDO_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown pseudo_options {sorted(unknown)}; valid: {', '.join(sorted(PSEUDO_DEFAULTS))}")
+    opts = pseudo_options(cfg.pseudo_options)
     nets = []
     for k in range(2):
-        model, opt, loss_fn, learner = build_components(cfg, data, device, seed_offset=100 * k)
-        if learner is not None and learner.method.name == "mlc":
-            raise ValueError("--meta-set pseudo trains on soft MixMatch targets; use --method mwnet or l2r")
+        model, opt, _loss_fn, learner = build_components(cfg, data, device, seed_offset=100 * k)
         nets.append((model, opt, learner))
     n = data.train_x.shape[0]
     batch = min(cfg.batch_size, n)
-    half = max(batch // 2, 1)
-    semi = SemiLoss(half)
+    semi = SemiLoss(max(batch // 2, 1))
     for _model, _opt, learner in nets:
         if learner is not None:
             learner.method.loss_fn = semi
+            learner.method.regularizer = prior_penalty if opts["prior_penalty"] else None
     iters = n // batch
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # batches, augmentation, mixing permutations
     rng = np.random.default_rng(cfg.seed + 3)  # Beta draws for mixup
-    metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard)
-    best, elapsed, step, last = 0.0, 0.0, 0, 0.0
-    dev = data.train_x.device
+    start_epoch, step, best, elapsed, last = 0, 0, 0.0, 0.0, 0.0
+    if cfg.resume:
+        ck = load_checkpoint(run_dir / CHECKPOINT)
+        for (model, opt, learner), ms, os_, ls in zip(nets, ck["models"], ck["optimizers"], ck["learners"]):
+            model.load_state_dict(ms)
+            opt.load_state_dict(os_)
+            if learner is not None:
+                learner.load_state_dict(ls)
+        gen.set_state(ck["generator"])
+        rng.bit_generator.state = ck["numpy_rng"]
+        torch.random.set_rng_state(ck["torch_rng"])
+        start_epoch, step, best, elapsed = ck["epoch"], ck["step"], ck["best_test_acc"], ck["elapsed_s"]
+        last = ck.get("last_test_acc", 0.0)
+    metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
+                            keep_until=start_epoch if cfg.resume else None)
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(start_epoch, cfg.epochs):
             lr = cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
             t0 = time.perf_counter()
-            loss_sum, steps = 0.0, 0
             # each network's GMM split, from its own losses against the noisy labels
             probs = [gmm_clean_probability(eval_losses(m, data, cfg.eval_batch_size), seed=cfg.seed)
                      for m, _, _ in nets]
@@ -127,88 +201,42 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
                 record.update({f"{key}_net{k + 1}": v for key, v in split_quality(meta_idx, data.corrupted).items()})
             for key in ("split_precision", "split_recall", "split_size"):
                 record[key] = (record[f"{key}_net1"] + record[f"{key}_net2"]) / 2  # reporting only
+            loss_sum = 0.0
+            for _, opt, _ in nets:
+                _set_lr(opt, lr)
             if epoch < opts["warmup_epochs"]:
                 for model, opt, _ in nets:
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    perm = torch.randperm(n, generator=gen).to(dev)
-                    for it in range(iters):
-                        idx = perm[it * batch : (it + 1) * batch]
-                        loss = F.cross_entropy(model(data.augmenter(data.train_x[idx], gen)), data.train_y[idx])
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        loss_sum += float(loss.detach()) if it % cfg.log_every == 0 else 0.0
-                        steps += 1
-                        bar.update(1)
+                    loss_sum += _warmup_epoch(model, opt, data, gen, iters, batch, cfg.log_every, bar)
                 record["phase"] = "warmup"
             else:
-                semi.lambda_u = opts["lambda_u"] * min(1.0, (epoch - opts["warmup_epochs"]) / opts["rampup_epochs"])
-                for k, (model, opt, learner) in enumerate(nets):
-                    other_model = nets[1 - k][0]
-                    # the other network's split: labeled set and meta set of this one (co-divide)
-                    labeled, unlabeled = split_by_probability(probs[1 - k], opts["p_threshold"], min_size=half)
-                    meta_idx, _ = split_by_probability(probs[1 - k], opts["meta_threshold"], min_size=opts["min_meta"])
-                    if unlabeled.numel() == 0:
-                        unlabeled = labeled
-                    labeled, unlabeled, meta_idx = labeled.to(dev), unlabeled.to(dev), meta_idx.to(dev)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    for _ in range(iters):
-                        li = labeled[torch.randint(labeled.numel(), (half,), generator=gen).to(dev)]
-                        ui = unlabeled[torch.randint(unlabeled.numel(), (batch - half,), generator=gen).to(dev)]
-                        x_l = data.augmenter(data.train_x[li], gen)
-                        t_l = F.one_hot(data.train_y[li], data.num_classes).to(x_l.dtype)
-                        with torch.no_grad():
-                            model.eval()
-                            other_model.eval()
-                            views = [data.augmenter(data.train_x[ui], gen) for _ in range(2)]
-                            guess = sum(F.softmax(m(v), 1) for v in views for m in (model, other_model)) / 4
-                            model.train()
-                            other_model.train()
-                        t_u = sharpen(guess, opts["temperature"])
-                        x = torch.cat([x_l, views[0]])
-                        t = torch.cat([t_l, t_u])
-                        lam = float(rng.beta(opts["alpha"], opts["alpha"]))
-                        lam = max(lam, 1 - lam)  # keep each mixed example closer to its own half
-                        perm = torch.randperm(batch, generator=gen).to(dev)
-                        x = lam * x + (1 - lam) * x[perm]
-                        t = lam * t + (1 - lam) * t[perm]
-                        mi = meta_idx[torch.randint(meta_idx.numel(), (min(cfg.meta_batch_size or batch,
-                                                                               meta_idx.numel()),),
-                                                    generator=gen).to(dev)]
-                        stats = learner.step(x, t, data.augmenter(data.train_x[mi], gen), data.train_y[mi])
-                        if steps % cfg.log_every == 0:
-                            loss_sum += float(stats.train_loss)
-                            if not math.isfinite(float(stats.train_loss)):
-                                from famus.train.loop import TrainingError
-
-                                raise TrainingError(f"the training loss became NaN or inf at epoch {epoch + 1}; "
-                                                    f"stopped. The last good checkpoint is kept in {cfg.out}")
-                        steps += 1
-                        bar.update(1)
-                record["phase"] = "meta"
-                record["lambda_u"] = semi.lambda_u
+                ramp = (epoch - opts["warmup_epochs"]) / max(opts["rampup_epochs"], 1)
+                semi.lambda_u = opts["lambda_u"] * min(1.0, ramp)
+                for k in range(2):
+                    loss_sum += _semi_epoch(nets, k, probs[1 - k], semi, opts, cfg, data, gen, rng, iters, batch,
+                                            epoch, bar)
+                record.update(phase="meta" if nets[0][2] is not None else "semi", lambda_u=semi.lambda_u)
+            steps = 2 * iters
             epoch_time = time.perf_counter() - t0
             step += steps
             elapsed += epoch_time
-            acc1 = _accuracy([nets[0][0]], data, cfg.eval_batch_size)
-            acc2 = _accuracy([nets[1][0]], data, cfg.eval_batch_size)
-            last = _accuracy([nets[0][0], nets[1][0]], data, cfg.eval_batch_size)
+            acc1, acc2, last = _accuracies([nets[0][0], nets[1][0]], data, cfg.eval_batch_size)
             best = max(best, last)
-            logged = max(1, (steps + cfg.log_every - 1) // cfg.log_every)
+            logged = max(1, 2 * ((iters + cfg.log_every - 1) // cfg.log_every))
             record.update(step=step, test_acc=last, best_test_acc=best, test_acc_net1=acc1, test_acc_net2=acc2,
                           train_loss=loss_sum / logged, time_per_iter_s=epoch_time / max(steps, 1),
                           wall_time_s=elapsed)
-            save_checkpoint(run_dir / "checkpoint.pt", {
-                "epoch": epoch + 1, "step": step, "best_test_acc": best, "config": cfg.to_dict(),
-                "models": [m.state_dict() for m, _, _ in nets], "optimizers": [o.state_dict() for _, o, _ in nets],
-                "learners": [lr_.state_dict() if lr_ else None for _, _, lr_ in nets]})
+            save_checkpoint(run_dir / CHECKPOINT, {
+                "epoch": epoch + 1, "step": step, "best_test_acc": best, "last_test_acc": last, "elapsed_s": elapsed,
+                "config": cfg.to_dict(), "models": [m.state_dict() for m, _, _ in nets],
+                "optimizers": [o.state_dict() for _, o, _ in nets],
+                "learners": [lr_.state_dict() if lr_ else None for _, _, lr_ in nets],
+                "generator": gen.get_state(), "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.random.get_rng_state()})
             metrics.write(record)
             bar.set_postfix(test_acc=f"{last:.4f}", best=f"{best:.4f}")
     finally:
         metrics.close()
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     its = [r["time_per_iter_s"] for r in rows]
-    return {"run_dir": str(run_dir), "best_test_acc": best, "last_test_acc": last,
+    return {"run_dir": str(run_dir), "best_test_acc": best, "last_test_acc": rows[-1]["test_acc"] if rows else last,
             "time_per_iter_s": sum(its) / len(its) if its else math.nan, "epochs": len(rows)}

@@ -94,6 +94,43 @@ def test_cross_assignment(monkeypatch):
     assert len(set(steps)) == 2
 
 
-def test_pseudo_rejects_erm(tmp_path):
-    with pytest.raises(ValueError, match="needs a meta-learning method"):
-        train(TrainConfig(**{**COMMON, "method": "erm"}, out=str(tmp_path / "x")))
+def test_pseudo_erm_is_dividemix(tmp_path):
+    """``--method erm`` co-trains on the MixMatch batches with no meta model (DivideMix)."""
+    summary = train(TrainConfig(**{**COMMON, "method": "erm"}, out=str(tmp_path / "x")))
+    rows = [json.loads(x) for x in (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["warmup", "semi", "semi"]
+    assert summary["best_test_acc"] > 0.5
+
+
+def test_pseudo_resume_equals_uninterrupted(tmp_path):
+    full = train(TrainConfig(**COMMON, out=str(tmp_path / "full")))
+    train(TrainConfig(**{**COMMON, "epochs": 2}, out=str(tmp_path / "cut")))
+    resumed = train(TrainConfig(**COMMON, out=str(tmp_path / "cut"), resume=True))
+    a, b = (load_checkpoint(tmp_path / r / "checkpoint.pt") for r in ("full", "cut"))
+    for ma, mb in zip(a["models"] + [la["method"]["meta_model"] for la in a["learners"]],
+                      b["models"] + [lb["method"]["meta_model"] for lb in b["learners"]]):
+        for k in ma:
+            assert torch.equal(ma[k], mb[k]), k
+    assert full["best_test_acc"] == resumed["best_test_acc"] and resumed["epochs"] == 3
+    ra = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_acc"] for r in ra] == [r["test_acc"] for r in rb]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"p_treshold": 0.5}, "unknown pseudo_options"),
+    ({"p_threshold": 1.5}, "p_threshold must be in"),
+    ({"alpha": 0}, "alpha must be > 0"),
+])
+def test_bad_pseudo_options_write_nothing(tmp_path, options, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(**{**COMMON, "pseudo_options": options}, out=str(out)))
+    assert not out.exists()
+
+
+def test_pseudo_rejects_mlc_and_other_losses(tmp_path):
+    with pytest.raises(ValueError, match="use --loss ce"):
+        train(TrainConfig(**{**COMMON, "loss": "focal"}, out=str(tmp_path / "a")))
+    with pytest.raises(ValueError, match="soft MixMatch targets"):
+        train(TrainConfig(**{**COMMON, "method": "mlc"}, out=str(tmp_path / "b")))
