@@ -28,6 +28,7 @@ from famus.report.plots import (
     to_png,
 )
 from famus.report.runs import Run, load_run, unique_names
+from famus.report.split import plot_split
 from famus.report.summary import markdown, summarize
 
 
@@ -89,6 +90,8 @@ def make_report(
         rendered.append(PageFigure(filename, plot.title, plot.caption, png, plot.left_out))
 
     add("accuracy.png", lambda: plot_accuracy(runs), "test accuracy", "no run has test_acc with step or wall_time_s")
+    if any("split_precision" in r for run in runs for r in run.metrics):
+        add("split.png", lambda: plot_split(runs), "pseudo-clean split", "no split_precision numbers")
     add("stage_time.png", lambda: plot_stage_times(runs), "time per iteration by stage",
         "no run has time_per_iter_s or stage_time_s")
     methods = list(dict.fromkeys(r.method for r in runs if r.tracking))

@@ -72,6 +72,8 @@ class Run:
     def label(self) -> str:
         """Legend label: folder name plus method/engine, e.g. ``"fm-famus (mwnet/famus)"``."""
         what = self.method if self.method == "erm" else f"{self.method}/{self.engine}"
+        if self.config.get("meta_set") == "pseudo":
+            what += ", pseudo-clean"
         return f"{self.name} ({what})"
 
 
