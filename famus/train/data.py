@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from famus.data import Augmenter, NoiseResult, apply_noise, load_dataset, longtail_indices, meta_split
+from famus.data.noise import read_label_file
 from famus.data.split import stratified_split
 from famus.train.config import TrainConfig
 
@@ -112,7 +113,14 @@ def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> RunDat
         n_max = int(torch.bincount(labels[idx], minlength=ds.num_classes).min())
         idx = idx[longtail_indices(labels[idx], cfg.imbalance, gen, n_max=n_max, num_classes=ds.num_classes)]
     clean = labels[idx]
-    noise = apply_noise(cfg.noise, clean, cfg.noise_rate, ds.num_classes, gen, **cfg.noise_options)
+    noise_options = dict(cfg.noise_options)
+    full_size_file = cfg.noise == "file" and "path" in noise_options and "indices" not in noise_options
+    if full_size_file and idx.numel() != labels.numel():
+        # a file with one label per dataset example (CIFAR-N; a run's noisy labels written full-size): take
+        # the rows of the examples kept after the subset, the meta split and the long tail
+        if read_label_file(noise_options["path"], noise_options.get("key")).numel() == labels.numel():
+            noise_options["indices"] = idx
+    noise = apply_noise(cfg.noise, clean, cfg.noise_rate, ds.num_classes, gen, **noise_options)
     dev = torch.device(device)
     return RunData(
         train_x=ds.train_x[idx].to(dev),

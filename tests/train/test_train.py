@@ -169,3 +169,20 @@ def test_track_every_then_report(tmp_path):
     assert rows and all(-1.0001 <= r["meta_grad"]["cosine"] <= 1.0001 for r in rows)
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "index.html").stat().st_size > 1000
+
+
+def test_file_noise_with_one_label_per_dataset_example_follows_the_split(tmp_path):
+    """A CIFAR-N style file (a label for every dataset example) with a subset and a meta split:
+    each kept training example gets its own row of the file; the meta set stays clean."""
+    from famus.data import load_dataset
+    from famus.train.data import prepare_data
+
+    full = load_dataset("digits").train_y
+    g = torch.Generator().manual_seed(3)
+    noisy = torch.where(torch.rand(full.shape, generator=g) < 0.3, (full + 1) % 10, full)
+    torch.save(noisy, tmp_path / "labels.pt")
+    cfg = TrainConfig(dataset="digits", noise="file", noise_options={"path": str(tmp_path / "labels.pt")},
+                      train_subset=800, meta_per_class=5, method="mwnet", out=str(tmp_path / "r"))
+    d = prepare_data(cfg)
+    assert torch.equal(d.train_y, noisy[d.train_index]) and torch.equal(d.clean_y, full[d.train_index])
+    assert d.train_index.numel() == 750 and torch.equal(d.meta_y, full[d.meta_index])
