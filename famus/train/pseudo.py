@@ -7,6 +7,9 @@ pseudo-clean set, which is the *other* network's meta set and labeled set. The r
 unlabeled data. Each step trains on a MixMatch batch (:mod:`famus.train.semi`: label
 refinement, co-guessing, sharpening, Beta(alpha) mixup, a lambda_u ramp-up and a prior
 penalty), reweighted by the meta method (or unweighted with ``--method erm``: DivideMix).
+With ``pseudo_options.semi: false`` it is Algorithm 2 as written instead: the meta method
+trains on every training example with its noisy label (cross-entropy), and only the meta
+set comes from the other network's split.
 Training reads only the noisy labels; the clean labels serve only to report the split's
 precision and recall.
 """
@@ -31,7 +34,8 @@ from famus.train.metrics import MetricsWriter
 from famus.train.semi import SemiLoss, mix_batch, prior_penalty
 
 PSEUDO_DEFAULTS = dict(warmup_epochs=1, p_threshold=0.5, meta_threshold=0.5, alpha=4.0, lambda_u=25.0,
-                       rampup_epochs=16, temperature=0.5, min_meta=10, refine=True, prior_penalty=True)
+                       rampup_epochs=16, temperature=0.5, min_meta=10, refine=True, prior_penalty=True,
+                       semi=True)
 
 
 def pseudo_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -121,25 +125,34 @@ def _semi_epoch(nets, k: int, prob_other: torch.Tensor, semi: SemiLoss, opts: di
     labeled, unlabeled, meta_idx = labeled.to(dev), unlabeled.to(dev), meta_idx.to(dev)
     w_all = prob_other.to(device=dev, dtype=torch.float32)  # clean probabilities: label-refinement weights
     meta_bs = min(cfg.meta_batch_size or batch, meta_idx.numel())
+    perm = torch.randperm(data.train_x.shape[0], generator=gen).to(dev) if not opts["semi"] else None
     loss_sum = 0.0
     for it in range(iters):
-        li = labeled[torch.randint(labeled.numel(), (half,), generator=gen).to(dev)]
-        ui = unlabeled[torch.randint(unlabeled.numel(), (batch - half,), generator=gen).to(dev)]
-        lv = (data.augmenter(data.train_x[li], gen), data.augmenter(data.train_x[li], gen))
-        uv = (data.augmenter(data.train_x[ui], gen), data.augmenter(data.train_x[ui], gen))
-        mb = mix_batch(model, other, lv, data.train_y[li], w_all[li], uv, data.num_classes, opts["temperature"],
-                       opts["alpha"], rng, gen, refine=opts["refine"])
-        if learner is None:  # plain DivideMix: Lx + lambda_u * Lu (+ prior penalty)
-            logits = model(mb.x)
-            loss = semi.mean(logits, mb.t)
-            if opts["prior_penalty"]:
-                loss = loss + prior_penalty(logits)
+        if perm is not None:  # Algorithm 2 as written: every training example, its noisy label, plain CE
+            idx = perm[it * batch : (it + 1) * batch]
+            x, t = data.augmenter(data.train_x[idx], gen), data.train_y[idx]
+        else:
+            li = labeled[torch.randint(labeled.numel(), (half,), generator=gen).to(dev)]
+            ui = unlabeled[torch.randint(unlabeled.numel(), (batch - half,), generator=gen).to(dev)]
+            lv = (data.augmenter(data.train_x[li], gen), data.augmenter(data.train_x[li], gen))
+            uv = (data.augmenter(data.train_x[ui], gen), data.augmenter(data.train_x[ui], gen))
+            mb = mix_batch(model, other, lv, data.train_y[li], w_all[li], uv, data.num_classes,
+                           opts["temperature"], opts["alpha"], rng, gen, refine=opts["refine"])
+            x, t = mb.x, mb.t
+        if learner is None:  # plain DivideMix: Lx + lambda_u * Lu (+ prior penalty); or CE on all examples
+            logits = model(x)
+            if perm is not None:
+                loss = F.cross_entropy(logits, t)
+            else:
+                loss = semi.mean(logits, t)
+                if opts["prior_penalty"]:
+                    loss = loss + prior_penalty(logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         else:
             mi = meta_idx[torch.randint(meta_idx.numel(), (meta_bs,), generator=gen).to(dev)]
-            loss = learner.step(mb.x, mb.t, data.augmenter(data.train_x[mi], gen), data.train_y[mi]).train_loss
+            loss = learner.step(x, t, data.augmenter(data.train_x[mi], gen), data.train_y[mi]).train_loss
         if it % cfg.log_every == 0:
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -167,7 +180,7 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
     batch = min(cfg.batch_size, n)
     semi = SemiLoss(max(batch // 2, 1))
     for _model, _opt, learner in nets:
-        if learner is not None:
+        if learner is not None and opts["semi"]:
             learner.method.loss_fn = semi
             learner.method.regularizer = prior_penalty if opts["prior_penalty"] else None
     iters = n // batch
@@ -214,7 +227,9 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
                 for k in range(2):
                     loss_sum += _semi_epoch(nets, k, probs[1 - k], semi, opts, cfg, data, gen, rng, iters, batch,
                                             epoch, bar)
-                record.update(phase="meta" if nets[0][2] is not None else "semi", lambda_u=semi.lambda_u)
+                record.update(phase="meta" if nets[0][2] is not None else "semi")
+                if opts["semi"]:
+                    record["lambda_u"] = semi.lambda_u
             steps = 2 * iters
             epoch_time = time.perf_counter() - t0
             step += steps

@@ -105,6 +105,26 @@ def test_pseudo_runs_with_other_methods_and_engines(tmp_path, method, engine):
     assert summary["best_test_acc"] > 0.3  # 10 classes: far above chance after one meta epoch
 
 
+def test_semi_false_is_algorithm_2_on_noisy_labels(tmp_path, monkeypatch):
+    """``semi: false``: every step trains on hard noisy labels of the training set, meta set from the split."""
+    from famus.meta.learner import MetaLearner
+
+    seen = []
+    real_step = MetaLearner.step
+
+    def step(self, x, y, xm, ym):
+        seen.append((y.dtype, y.dim()))
+        return real_step(self, x, y, xm, ym)
+
+    monkeypatch.setattr(MetaLearner, "step", step)
+    summary = train(TrainConfig(**{**COMMON, "pseudo_options": {"warmup_epochs": 1, "semi": False}},
+                                out=str(tmp_path / "r")))
+    assert seen and set(seen) == {(torch.int64, 1)}
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert "lambda_u" not in rows[-1] and rows[-1]["phase"] == "meta"
+    assert summary["best_test_acc"] > 0.5
+
+
 def test_pseudo_erm_is_dividemix(tmp_path):
     """``--method erm`` co-trains on the MixMatch batches with no meta model (DivideMix)."""
     summary = train(TrainConfig(**{**COMMON, "method": "erm"}, out=str(tmp_path / "x")))
