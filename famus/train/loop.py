@@ -339,8 +339,7 @@ def _train_pseudo_run(cfg: TrainConfig, data: RunData, run_dir: Path, device: to
     if not cfg.resume:
         _write_run_header(cfg, run_dir, data, device)
     iters = data.train_x.shape[0] // min(cfg.batch_size, data.train_x.shape[0])
-    start = load_checkpoint(run_dir / CHECKPOINT)["epoch"] if cfg.resume else 0
-    bar = tqdm(total=cfg.epochs * iters * 2, initial=start * iters * 2, disable=not cfg.progress, unit="it",
+    bar = tqdm(total=cfg.epochs * iters * 2, disable=not cfg.progress, unit="it",
                dynamic_ncols=True, desc=f"pseudo {cfg.method}/{cfg.meta_grad}" if cfg.method != "erm" else "pseudo erm")
     try:
         return train_pseudo(cfg, data, run_dir, device, bar)

@@ -93,13 +93,19 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-def _warmup_epoch(model, opt, data: RunData, gen, iters: int, batch: int, log_every: int, bar) -> float:
-    """One epoch of cross-entropy on the noisy labels; returns the summed logged losses."""
-    n, dev, loss_sum = data.train_x.shape[0], data.train_x.device, 0.0
-    perm = torch.randperm(n, generator=gen).to(dev)
+def _shuffled_batches(data: RunData, gen, iters: int, batch: int):
+    """Yield ``(x augmented, noisy labels)`` for ``iters`` batches of one shuffled pass over the training set."""
+    perm = torch.randperm(data.train_x.shape[0], generator=gen).to(data.train_x.device)
     for it in range(iters):
         idx = perm[it * batch : (it + 1) * batch]
-        loss = F.cross_entropy(model(data.augmenter(data.train_x[idx], gen)), data.train_y[idx])
+        yield data.augmenter(data.train_x[idx], gen), data.train_y[idx]
+
+
+def _warmup_epoch(model, opt, data: RunData, gen, iters: int, batch: int, log_every: int, bar) -> float:
+    """One epoch of cross-entropy on the noisy labels; returns the summed logged losses."""
+    loss_sum = 0.0
+    for it, (x, y) in enumerate(_shuffled_batches(data, gen, iters, batch)):
+        loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -109,39 +115,46 @@ def _warmup_epoch(model, opt, data: RunData, gen, iters: int, batch: int, log_ev
     return loss_sum
 
 
+def _mixmatch_batches(nets, k: int, prob_other: torch.Tensor, half: int, opts: dict, data: RunData, gen, rng,
+                      iters: int, batch: int):
+    """Yield ``(mixed x, soft targets)`` for ``iters`` MixMatch batches of network ``k``: ``half`` labeled
+    examples from the other network's split, the rest unlabeled (see :func:`famus.train.semi.mix_batch`)."""
+    model, other, dev = nets[k][0], nets[1 - k][0], data.train_x.device
+    labeled, unlabeled = split_by_probability(prob_other, opts["p_threshold"], min_size=half)
+    if unlabeled.numel() == 0:
+        unlabeled = labeled
+    labeled, unlabeled = labeled.to(dev), unlabeled.to(dev)
+    w_all = prob_other.to(device=dev, dtype=torch.float32)  # clean probabilities: label-refinement weights
+    for _ in range(iters):
+        li = labeled[torch.randint(labeled.numel(), (half,), generator=gen).to(dev)]
+        ui = unlabeled[torch.randint(unlabeled.numel(), (batch - half,), generator=gen).to(dev)]
+        lv = (data.augmenter(data.train_x[li], gen), data.augmenter(data.train_x[li], gen))
+        uv = (data.augmenter(data.train_x[ui], gen), data.augmenter(data.train_x[ui], gen))
+        mb = mix_batch(model, other, lv, data.train_y[li], w_all[li], uv, data.num_classes,
+                       opts["temperature"], opts["alpha"], rng, gen, refine=opts["refine"])
+        yield mb.x, mb.t
+
+
 def _semi_epoch(nets, k: int, prob_other: torch.Tensor, semi: SemiLoss, opts: dict, cfg: TrainConfig,
                 data: RunData, gen, rng, iters: int, batch: int, epoch: int, bar) -> float:
     """One epoch of network ``k`` on the split of the other network; returns the summed logged losses."""
     from famus.train.loop import TrainingError
 
     model, opt, learner = nets[k]
-    other = nets[1 - k][0]
-    dev, half = data.train_x.device, semi.n_labeled
-    # the other network's split: labeled set and meta set of this one (co-divide)
-    labeled, unlabeled = split_by_probability(prob_other, opts["p_threshold"], min_size=half)
+    dev = data.train_x.device
+    # the other network's split: meta set (and, with MixMatch batches, labeled set) of this one (co-divide)
     meta_idx, _ = split_by_probability(prob_other, opts["meta_threshold"], min_size=opts["min_meta"])
-    if unlabeled.numel() == 0:
-        unlabeled = labeled
-    labeled, unlabeled, meta_idx = labeled.to(dev), unlabeled.to(dev), meta_idx.to(dev)
-    w_all = prob_other.to(device=dev, dtype=torch.float32)  # clean probabilities: label-refinement weights
+    meta_idx = meta_idx.to(dev)
     meta_bs = min(cfg.meta_batch_size or batch, meta_idx.numel())
-    perm = torch.randperm(data.train_x.shape[0], generator=gen).to(dev) if not opts["semi"] else None
+    if opts["semi"]:
+        batches = _mixmatch_batches(nets, k, prob_other, semi.n_labeled, opts, data, gen, rng, iters, batch)
+    else:  # Algorithm 2 as written: every training example with its noisy label, plain CE
+        batches = _shuffled_batches(data, gen, iters, batch)
     loss_sum = 0.0
-    for it in range(iters):
-        if perm is not None:  # Algorithm 2 as written: every training example, its noisy label, plain CE
-            idx = perm[it * batch : (it + 1) * batch]
-            x, t = data.augmenter(data.train_x[idx], gen), data.train_y[idx]
-        else:
-            li = labeled[torch.randint(labeled.numel(), (half,), generator=gen).to(dev)]
-            ui = unlabeled[torch.randint(unlabeled.numel(), (batch - half,), generator=gen).to(dev)]
-            lv = (data.augmenter(data.train_x[li], gen), data.augmenter(data.train_x[li], gen))
-            uv = (data.augmenter(data.train_x[ui], gen), data.augmenter(data.train_x[ui], gen))
-            mb = mix_batch(model, other, lv, data.train_y[li], w_all[li], uv, data.num_classes,
-                           opts["temperature"], opts["alpha"], rng, gen, refine=opts["refine"])
-            x, t = mb.x, mb.t
+    for it, (x, t) in enumerate(batches):
         if learner is None:  # plain DivideMix: Lx + lambda_u * Lu (+ prior penalty); or CE on all examples
             logits = model(x)
-            if perm is not None:
+            if not opts["semi"]:
                 loss = F.cross_entropy(logits, t)
             else:
                 loss = semi.mean(logits, t)
@@ -199,6 +212,8 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
         torch.random.set_rng_state(ck["torch_rng"])
         start_epoch, step, best, elapsed = ck["epoch"], ck["step"], ck["best_test_acc"], ck["elapsed_s"]
         last = ck.get("last_test_acc", 0.0)
+        bar.n = bar.initial = start_epoch * 2 * iters  # the progress bar resumes where the run stopped
+        bar.refresh()
     metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
                             keep_until=start_epoch if cfg.resume else None)
     try:
