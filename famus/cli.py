@@ -1,4 +1,4 @@
-"""The ``famus`` command line: ``train``, ``demo``, ``bench``, ``report``."""
+"""The ``famus`` command line: ``train``, ``demo``, ``bench``, ``compare``, ``report``."""
 
 from __future__ import annotations
 
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny version for smoke tests")
     p.set_defaults(fn=cmd_demo)
     for name, module, help_ in (("bench", "famus.bench", "time every meta-gradient engine side by side"),
+                                ("compare", "famus.compare", "weight quality, accuracy and speed over seeds"),
                                 ("report", "famus.report", "plots, HTML page and summary table of runs")):
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_)

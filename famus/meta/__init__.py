@@ -1,5 +1,6 @@
 """The meta step: learner, methods, engines and the FaMUS sampler."""
 
+from famus.meta.diagnostics import layer_contributions
 from famus.meta.engines import ENGINES, STAGES, Engine, MetaBatch, MetaResult, build_engine
 from famus.meta.layers import LayerInfo, layer_infos, layers
 from famus.meta.learner import MetaLearner, StepStats
@@ -8,5 +9,5 @@ from famus.meta.methods import L2R, METHODS, MetaMethod, MWNet, build_method
 __all__ = [
     "ENGINES", "STAGES", "Engine", "MetaBatch", "MetaResult", "build_engine",
     "LayerInfo", "layer_infos", "layers", "MetaLearner", "StepStats",
-    "L2R", "METHODS", "MetaMethod", "MWNet", "build_method",
+    "L2R", "METHODS", "MetaMethod", "MWNet", "build_method", "layer_contributions",
 ]

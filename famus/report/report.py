@@ -27,6 +27,7 @@ from famus.report.plots import (
     plot_weights,
     to_png,
 )
+from famus.report.quality import plot_v_curves, plot_weight_quality
 from famus.report.runs import Run, load_run, unique_names
 from famus.report.split import plot_split
 from famus.report.summary import markdown, summarize
@@ -92,6 +93,9 @@ def make_report(
     add("accuracy.png", lambda: plot_accuracy(runs), "test accuracy", "no run has test_acc with step or wall_time_s")
     if any("split_precision" in r for run in runs for r in run.metrics):
         add("split.png", lambda: plot_split(runs), "pseudo-clean split", "no split_precision numbers")
+    add("weight_quality.png", lambda: plot_weight_quality(runs), "weight quality",
+        "no run logged weight quality (it needs injected noise and a meta method)")
+    add("v_curves.png", lambda: plot_v_curves(runs), "MW-Net's weight function", "no MW-Net run logged V(loss)")
     add("stage_time.png", lambda: plot_stage_times(runs), "time per iteration by stage",
         "no run has time_per_iter_s or stage_time_s")
     methods = list(dict.fromkeys(r.method for r in runs if r.tracking))

@@ -65,6 +65,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     log_every: int = 20
+    log_quality: bool = True  # weight quality (AUROC, clean share, MW-Net's V(loss)) each log window
     track_every: int = 0  # every N steps, compare the engine's meta gradient with exact (famus report)
     # several processes (torchrun; batch_size and meta_batch_size are the global, union batch sizes)
     sync_bn: bool = False  # BatchNorm statistics over the union batch (else each rank's shard's)

@@ -42,6 +42,11 @@ class RunData:
     class_names: list[str] | None = None
 
     @property
+    def noise_known(self) -> bool:
+        """Whether some labels are known to be corrupted (injected noise), so weight quality is measurable."""
+        return bool(self.corrupted.any())
+
+    @property
     def in_channels(self) -> int:
         return self.train_x.shape[1]
 

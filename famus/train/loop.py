@@ -27,6 +27,7 @@ from famus.train.checkpoint import CHECKPOINT, atomic_write_text, load_checkpoin
 from famus.train.config import TrainConfig, from_dict, load_config
 from famus.train.data import GROUPS, RunData, prepare_data
 from famus.train.metrics import MetricsWriter
+from famus.train.quality import QualityMeter, v_curve
 
 
 class TrainingError(RuntimeError):
@@ -366,6 +367,9 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
     bad = torch.zeros((), device=dev, dtype=torch.bool)
     stage: dict[str, float] = {}
     gates: dict[str, torch.Tensor] = {}
+    # weight quality (clean vs noisy): known only where the noise was injected; meta methods only
+    quality = QualityMeter(dev) if learner is not None and cfg.log_quality and data.noise_known else None
+    windows: list[dict[str, Any]] = []
     t_epoch = time.perf_counter()
     for it in range(iters):
         lr = lr_at(cfg, epoch, step + it)
@@ -405,6 +409,8 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
                 stage[k] = stage.get(k, 0.0) + v
             for k, v in (stats.gates or {}).items():
                 gates[k] = gates.get(k, 0.0) + v.double()
+            if quality is not None:
+                quality.update(stats.weights, ~data.corrupted[idx])
         loss_sum += loss.detach().double()
         bad |= ~torch.isfinite(loss.detach())
         if (it + 1) % cfg.log_every == 0 or it + 1 == iters:
@@ -414,7 +420,14 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
                     f"The last good checkpoint (epoch {epoch}) is kept in {cfg.out}; try a lower --lr"
                 )
             bar.update(epoch * iters + it + 1 - bar.n)
-            bar.set_postfix(loss=f"{float(loss_sum) / (it + 1):.4f}", lr=f"{lr:g}")
+            post = {"loss": f"{float(loss_sum) / (it + 1):.4f}", "lr": f"{lr:g}"}
+            if quality is not None:
+                t_log = time.perf_counter()  # logging, not training time
+                windows.append({"step": step + it + 1, **quality.window(), "v_curve": v_curve(learner.meta_model)})
+                auroc = windows[-1]["weight_auroc"]
+                post["auroc"] = "-" if auroc is None else f"{auroc:.3f}"
+                t_epoch += time.perf_counter() - t_log
+            bar.set_postfix(post)
     epoch_time = time.perf_counter() - t_epoch
     if shares:
         (sums,) = dist.sum_over_ranks([torch.stack(shares)])
@@ -427,4 +440,6 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
         record["stage_time_s"] = {k: v / iters for k, v in stage.items()}
         if gates:
             record["gate_rate"] = {k: float(v) / iters for k, v in gates.items()}
+    if quality is not None:
+        record.update(quality.epoch(), v_curve=v_curve(learner.meta_model), quality_steps=windows)
     return record

@@ -170,8 +170,9 @@ class Counter(nn.Module):
         return x
 
 
-@pytest.mark.parametrize("engine", ["jvp", "fd", "famus-jvp", "famus-fd"])
+@pytest.mark.parametrize("engine", ["jvp", "fd", "famus-jvp", "famus-fd", "fd+central", "famus-fd+central"])
 def test_cached_activation_path_equals_full_path(engine):
+    engine, central = engine.removesuffix("+central"), engine.endswith("+central")
     torch.manual_seed(0)
     base = _staged()
     staged = nn.Sequential(Counter(), *base)  # stage 0 counts passes from the input
@@ -179,6 +180,8 @@ def test_cached_activation_path_equals_full_path(engine):
     batch = make_batches(size=8)
     # children: 0 counter, 1 stem, 2-4 residual blocks, 5 pooling head, 6 fc
     kw = {"candidates": ["4"], "lambda_g": 0.1} if engine.startswith("famus") else {}
+    if central:
+        kw["scheme"] = "central"
     layers = None if engine.startswith("famus") else ["4", "6"]
     got, want, calls = [], [], []
     for net, stages, out in ((staged, "auto", got), (full, None, want)):
@@ -190,7 +193,7 @@ def test_cached_activation_path_equals_full_path(engine):
         calls.append(net[0].calls)
     tol = 1e-10 if "jvp" in engine else FD_RTOL
     assert _rel(got[0], want[0]) < tol
-    passes = 1 if "jvp" in engine else 2
+    passes = 2 if central else 1  # jvp: one forward-mode pass; fd: one (forward) or two (central)
     assert calls == [2, 2 + passes]  # virtual + meta forward; the full path re-runs the bottom
 
 

@@ -37,6 +37,7 @@ from famus.meta.engines.second_order import GateFn, grad_match_loss
 from famus.meta.engines.staging import Stages, Trace, rng_state, same_rng_state, set_rng_state
 
 MODES = ("jvp", "fd")
+FD_SCHEMES = ("forward", "central")
 
 
 def _theta_grads(batch: MetaBatch, logits: Tensor, jd: Tensor | None) -> dict[str, Tensor]:
@@ -147,6 +148,7 @@ def directional(
     mode: str = "jvp",
     stages: Stages,
     fd_eps: float | None = None,
+    fd_scheme: str = "central",
     gated: set[str] | None = None,
 ) -> MetaResult:
     """One Virtual-Train + Meta-Train with first-order backprop and one directional derivative.
@@ -159,6 +161,8 @@ def directional(
         mode: ``"jvp"`` (exact) or ``"fd"`` (central difference).
         stages: the model's stages (cached-activation restarts).
         fd_eps: relative finite-difference step (default :func:`default_fd_eps`).
+        fd_scheme: ``"central"`` (two extra forward passes) or ``"forward"`` (one, differenced
+            against the Virtual-Train logits; see :func:`fd_logits`).
         gated: the layers ``gate_fn`` may switch on (FaMUS's candidates), so that only the stage
             inputs a later pass can start from are kept (``None``: keep all).
 
@@ -219,8 +223,9 @@ def directional(
                 replay()
                 jd = jvp_logits(stages, base, buffers0, h, start, direction)
             else:
-                eps = default_fd_eps(logits.dtype) if fd_eps is None else fd_eps
-                jd = fd_logits(stages, base, buffers0, h, start, direction, eps, replay)
+                eps = default_fd_eps(logits.dtype, fd_scheme) if fd_eps is None else fd_eps
+                base_logits = logits if fd_scheme == "forward" else None
+                jd = fd_logits(stages, base, buffers0, h, start, direction, eps, replay, base_logits)
         finally:
             set_rng_state(rng_after_meta, device)
     meta_grads = _theta_grads(batch, logits, jd)
@@ -290,21 +295,27 @@ class JVP(Directional):
 
 @ENGINES.register("fd")
 class FD(Directional):
-    """The meta gradient by a central difference of two forward passes; no double backward.
+    """The meta gradient by a finite difference of forward passes; no double backward.
 
     Args:
-        fd_eps: relative step (default :func:`default_fd_eps`: 2.4e-5 in float32, 6.1e-6 in float64).
+        fd_eps: relative step (default :func:`default_fd_eps`: 2.4e-5 in float32; in float64 6.1e-6
+            central, 1.5e-8 forward).
+        scheme: ``"forward"`` (default): one extra forward pass, differenced against the
+            Virtual-Train logits; ``"central"``: two extra passes, ``O(h^2)`` smooth error.
         stages: see :class:`Directional`.
     """
 
     name = "fd"
     mode = "fd"
 
-    def __init__(self, fd_eps: float | None = None, stages: str | list[str] | None = "auto") -> None:
+    def __init__(self, fd_eps: float | None = None, scheme: str = "forward",
+                 stages: str | list[str] | None = "auto") -> None:
         super().__init__(stages)
         if fd_eps is not None and not (fd_eps > 0 and math.isfinite(fd_eps)):
             raise ValueError(f"fd_eps must be a positive number, got {fd_eps}")
-        self.fd_eps = fd_eps
+        if scheme not in FD_SCHEMES:
+            raise ValueError(f"scheme must be one of {FD_SCHEMES}, got {scheme!r}")
+        self.fd_eps, self.scheme = fd_eps, scheme
 
     def fd_options(self) -> dict:
-        return {"fd_eps": self.fd_eps}
+        return {"fd_eps": self.fd_eps, "fd_scheme": self.scheme}

@@ -164,19 +164,21 @@ class FaMUSJVP(FaMUS):
 
 @ENGINES.register("famus-fd")
 class FaMUSFD(FaMUS):
-    """FaMUS over the ``fd`` engine (central differences from the cached activations).
+    """FaMUS over the ``fd`` engine (finite differences from the cached activations).
 
     Args:
         fd_eps: relative finite-difference step (see :class:`~famus.meta.engines.directional.FD`).
+        scheme: ``"forward"`` (one extra pass, the default) or ``"central"`` (two).
         stages: see :class:`~famus.meta.engines.directional.Directional`.
         **options: the options of :class:`FaMUS`.
     """
 
     name = "famus-fd"
 
-    def __init__(self, fd_eps: float | None = None, stages: str | list[str] | None = "auto", **options) -> None:
+    def __init__(self, fd_eps: float | None = None, scheme: str = "forward",
+                 stages: str | list[str] | None = "auto", **options) -> None:
         super().__init__(**options)
-        self.backend = FD(fd_eps, stages)
+        self.backend = FD(fd_eps, scheme, stages)
 
     def run(self, batch, contributing, gate_fn=None, lambda_g=0.0):
         return self.backend.run(batch, contributing, gate_fn, lambda_g, gated={i.name for i in self.sampled})
