@@ -45,15 +45,25 @@ class CLIError(Exception):
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values are YAML); bad items are CLIErrors."""
+    from famus.train.config import yaml_error
+
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        parsed = yaml.safe_load(value) if value else None
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError as e:
+            raise CLIError(f"--set {item!r}: the value is not valid YAML ({yaml_error(e)})") from None
         parts = key.replace("-", "_").split(".")
+        if not all(parts):
+            raise CLIError(f"--set expects KEY=VALUE or KEY.OPTION=VALUE, got {item!r}")
         d = out
         for p in parts[:-1]:
+            if not isinstance(d.get(p, {}), dict):
+                raise CLIError(f"--set {item!r}: {p!r} was set to a value before, not to options")
             d = d.setdefault(p, {})
         d[parts[-1]] = parsed
     return out
@@ -63,7 +73,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file; flags override it")
     for flag, _key, typ, help_ in TRAIN_FLAGS:
         p.add_argument(flag, type=typ, default=None, help=help_)
-    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out from its config.yaml and checkpoint (none yet: start it)")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard (if installed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -71,9 +82,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    """The run's config: the defaults (with ``--resume``: the run folder's ``config.yaml``), then
+    ``--config``, the flags and ``--set``."""
     from famus.train.config import from_dict, load_config
 
-    cfg = load_config(args.config) if args.config else None
+    cfg = _resume_base(args)
+    cfg = load_config(args.config, cfg) if args.config else cfg
     over: dict[str, Any] = {
         key: getattr(args, key) for _f, key, _t, _h in TRAIN_FLAGS if getattr(args, key) is not None
     }
@@ -88,6 +102,17 @@ def config_from_args(args: argparse.Namespace):
             v = {**getattr(cfg, k), **v}
         over[k] = v
     return from_dict(over, cfg)
+
+
+def _resume_base(args: argparse.Namespace):
+    """With ``--resume``, the config in the run folder (``--out``, else the config file's ``out``), if any."""
+    if not args.resume:
+        return None
+    from famus.train.config import TrainConfig, load_config
+    from famus.train.resume import run_config
+
+    out = args.out or (load_config(args.config).out if args.config else TrainConfig().out)
+    return run_config(out)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -142,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.fn(args)
     except (CLIError, DataError, TrainingError, UnknownNameError, ValueError, TypeError, OSError) as e:
         where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"famus {args.command}{where}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).splitlines())  # one line, whatever the exception says
+        print(f"famus {args.command}{where}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"famus {args.command}: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ so experiments can report the true noise level. Random numbers are drawn on
 from __future__ import annotations
 
 import inspect
+import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from famus.atomic import atomic_torch_save
 from famus.data.errors import DataError
 from famus.data.split import check_labels
 from famus.registry import Registry
+from famus.verified import CorruptFileError, read_verified, save_verified
 
 # Standard asymmetric CIFAR-10 noise: truck->automobile, bird->airplane, deer->horse, cat<->dog.
 CIFAR10_PAIRS: dict[int, int] = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -244,10 +245,13 @@ def _numpy_safe_globals() -> list[Any]:
 
 
 def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, after checking the file's ``.sha256`` sidecar when it has one
+    (files famus wrote; CIFAR-N and other label files have none)."""
     try:
+        data = read_verified(path, required=False)
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except DataError:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (DataError, CorruptFileError):
         raise
     except Exception as exc:
         raise DataError(
@@ -440,8 +444,9 @@ def save_noisy_labels(path: str | os.PathLike[str], clean: Tensor, result: Noise
     """Atomically save clean (N,), noisy (N,), corrupted (N,) and transition (C, C) to one ``.pt`` file.
 
     Written to a temporary file in the same directory and ``os.replace``-d into place, so a
-    crash never leaves a half-written file. Readable by :func:`load_noisy_labels` and usable
-    as ``file`` noise (key ``labels``).
+    crash never leaves a half-written file, with a ``.sha256`` sidecar checked on load
+    (:mod:`famus.verified`). Readable by :func:`load_noisy_labels` and usable as ``file``
+    noise (key ``labels``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -453,7 +458,7 @@ def save_noisy_labels(path: str | os.PathLike[str], clean: Tensor, result: Noise
         "corrupted": result.corrupted.detach().bool().cpu(),
         "transition": result.transition.detach().to(torch.float64).cpu(),
     }
-    atomic_torch_save(path, payload)
+    save_verified(path, payload)
 
 
 def load_noisy_labels(path: str | os.PathLike[str]) -> tuple[Tensor, NoiseResult]:

@@ -7,9 +7,12 @@ are accepted in YAML too).
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
@@ -67,12 +70,20 @@ class TrainConfig:
     log_every: int = 20
     log_quality: bool = True  # weight quality (AUROC, clean share, MW-Net's V(loss)) each log window
     track_every: int = 0  # every N steps, compare the engine's meta gradient with exact (famus report)
+    # a mid-epoch checkpoint every N steps (besides each epoch's end); None: when 10 minutes passed since the last
+    checkpoint_every: int | None = None
     # several processes (torchrun; batch_size and meta_batch_size are the global, union batch sizes)
     sync_bn: bool = False  # BatchNorm statistics over the union batch (else each rank's shard's)
     dist_timeout_s: float = 600.0  # a collective waiting longer than this fails (a peer died or hangs)
 
     def validate(self) -> TrainConfig:
-        """Cheap checks with clear messages, before anything is loaded or written."""
+        """Cheap checks with clear messages, before anything is loaded or written.
+
+        Every value must have its field's type (a bool is a bool, an int an int; a float field
+        takes an int, which becomes a float) and every number, also inside option dicts and
+        lists, must be finite; then the ranges and names below.
+        """
+        check_types(self)
         if not 0.0 <= self.noise_rate <= 1.0:
             raise ValueError(f"noise rate must be in [0, 1], got {self.noise_rate}; pass e.g. --noise-rate 0.4")
         if self.imbalance < 1:
@@ -82,6 +93,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("meta_batch_size", "train_subset", "threads", "checkpoint_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**62:
+            raise ValueError(f"seed must be in [0, 2^62), got {self.seed}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {self.gamma}")
         if self.meta_per_class < 0:
             raise ValueError(f"meta_per_class must be >= 0, got {self.meta_per_class}")
         if self.meta_set not in ("clean", "pseudo"):
@@ -116,6 +137,84 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(hint: Any) -> str:
+    """``int | None`` -> ``"an int or null"``: how a type reads in an error message."""
+    names = {bool: "a bool (true or false)", int: "an int", float: "a number", str: "a string",
+             dict: "a mapping {key: value}", type(None): "null"}
+
+    def one(a: Any) -> str:
+        if typing.get_origin(a) is list:
+            plural = {int: "ints", float: "numbers", str: "strings"}
+            return f"a list of {plural.get(typing.get_args(a)[0], 'values')}" if typing.get_args(a) else "a list"
+        return names.get(typing.get_origin(a) or a, str(a))
+
+    return " or ".join(one(a) for a in _union_args(hint))
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (Union, types.UnionType)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has type ``hint`` (str, int, float, bool, None, unions, dict[str, Any], list[int])."""
+    if _is_union(hint):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin is bool:
+        return isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if origin is list:
+        return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
+    return isinstance(value, origin)
+
+
+def _non_finite(value: Any) -> float | None:
+    """The first NaN or infinite number in ``value`` (looking inside dicts and lists), if any."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for v in items:
+        bad = _non_finite(v)
+        if bad is not None:
+            return bad
+    return None
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """Check every value of ``cfg`` against its field's type; ints in float fields become floats.
+
+    Raises:
+        ValueError: one line naming the key, the expected type and the value.
+    """
+    for name, hint in HINTS.items():
+        value = getattr(cfg, name)
+        if not _matches(value, hint):
+            raise ValueError(f"config key {name!r} must be {_kind(hint)}, got {_show(value)}")
+        bad = _non_finite(value)
+        if bad is not None:
+            raise ValueError(f"config key {name!r} must be finite, got {bad}" +
+                             (f" in {_show(value)}" if bad is not value else ""))
+        if isinstance(value, int) and not isinstance(value, bool) and float in _union_args(hint):
+            setattr(cfg, name, float(value))
+
+
+def _union_args(hint: Any) -> tuple[Any, ...]:
+    return typing.get_args(hint) if _is_union(hint) else (hint,)
 
 
 def _key(k: str) -> str:
@@ -126,6 +225,8 @@ def from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> TrainCon
     """A config from ``data`` (keys with ``-`` or ``_``) over ``base``; unknown keys are errors."""
     out = dataclasses.replace(base) if base is not None else TrainConfig()
     for k, v in data.items():
+        if not isinstance(k, str):
+            raise ValueError(f"config keys are names, got {_show(k)}; valid keys: {', '.join(sorted(FIELDS))}")
         key = _key(k)
         if key not in FIELDS:
             raise ValueError(f"unknown config key {k!r}; valid keys: {', '.join(sorted(FIELDS))}")
@@ -141,8 +242,15 @@ def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        raise ValueError(f"config file {str(p)!r} is not valid YAML: {yaml_error(e)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(p)!r} must hold a mapping of config keys")
     data.pop("base", None)
     return from_dict(data, base)
+
+
+def yaml_error(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: the problem and where (``line L, column C``)."""
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem

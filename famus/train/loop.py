@@ -9,7 +9,8 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,18 @@ from tqdm import tqdm
 
 import famus
 from famus import distributed as dist
+from famus.atomic import atomic_write_text
 from famus.data import NOISE, save_noisy_labels
 from famus.losses import LOSSES, build_loss
 from famus.meta import ENGINES, METHODS, MetaLearner
 from famus.models import MODELS, build_model
-from famus.train.checkpoint import CHECKPOINT, atomic_write_text, load_checkpoint, save_checkpoint
+from famus.train.checkpoint import BEST, CHECKPOINT, CheckpointSchedule, CorruptFileError, save_checkpoint
 from famus.train.config import TrainConfig, from_dict, load_config
 from famus.train.data import GROUPS, RunData, prepare_data
 from famus.train.metrics import MetricsWriter
 from famus.train.quality import QualityMeter, v_curve
+from famus.train.resume import CONFIG_FILE, check_resumable_folder, resume_checkpoint
+from famus.verified import remove_stale_temporaries, save_verified
 
 
 class TrainingError(RuntimeError):
@@ -66,10 +70,9 @@ def _check_out_dir(cfg: TrainConfig) -> Path:
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {str(run_dir)!r} exists and is not a folder; choose another --out")
-    has_ckpt = (run_dir / CHECKPOINT).exists()
-    if cfg.resume and not has_ckpt:
-        raise ValueError(f"--resume: no {CHECKPOINT} in {str(run_dir)!r}; start a new run without --resume")
-    if not cfg.resume and run_dir.exists() and any(run_dir.iterdir()):
+    if cfg.resume:
+        check_resumable_folder(run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
         raise ValueError(
             f"--out {str(run_dir)!r} already holds files; pass --resume to continue it or choose another --out"
         )
@@ -194,13 +197,20 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
         epoch's ``group_acc`` (many/medium/few-shot) and ``group_rule`` for long-tailed runs.
 
     The run folder holds ``config.yaml`` (resolved), ``run.json`` (seed, code version,
-    environment), ``noisy_labels.pt``, ``metrics.jsonl`` (one record per epoch),
-    ``checkpoint.pt`` (latest, written atomically each epoch) and ``model_best.pt``.
+    environment, resumes), ``noisy_labels.pt``, ``split.pt``, ``metrics.jsonl`` (one record per
+    epoch), ``checkpoint.pt`` (latest: each epoch's end and every ``checkpoint_every`` steps, or
+    after 10 minutes) and ``model_best.pt``; each ``.pt`` file has a ``.sha256`` sidecar
+    (:mod:`famus.verified`). Every config value is checked before anything is written.
+
+    With ``resume``, the run continues from its checkpoint, mid-epoch too, exactly as if never
+    interrupted; the config may differ from the run's only in safe keys
+    (:data:`famus.train.resume.SAFE_ON_RESUME`, and more ``epochs``). A folder without a
+    checkpoint starts afresh.
 
     Several processes (``torchrun --nproc_per_node N -m famus train ...``, or inside a process group
     the caller initialized): data-parallel training, each rank on an equal shard of every (global)
     batch and meta batch, with the union batch's meta step (:mod:`famus.distributed`). Rank 0 writes
-    the run folder; every rank returns the same summary.
+    the run folder (checkpoints at epoch ends only); every rank returns the same summary.
     """
     cfg = _coerce(config).validate()
     if cfg.meta_set == "pseudo":
@@ -211,6 +221,73 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
         return _train(cfg, device)
 
 
+@dataclass
+class EpochPosition:
+    """How far an epoch got: its batch order, finished iterations and the sums of its metrics record.
+
+    Saved in mid-epoch checkpoints, so that a resumed epoch ends exactly as an uninterrupted one.
+    """
+
+    perm: torch.Tensor  # the epoch's batch order
+    it: int  # finished iterations
+    loss_sum: torch.Tensor  # float64 sums over the finished iterations
+    meta_sum: torch.Tensor
+    clean_mass: torch.Tensor
+    bad: torch.Tensor  # a NaN or inf loss not yet reported
+    stage: dict[str, float] = field(default_factory=dict)  # stage times (s)
+    gates: dict[str, torch.Tensor] = field(default_factory=dict)  # FaMUS gate counts
+    time_s: float = 0.0  # training time of the epoch so far
+    quality: dict[str, Any] | None = None  # the weight-quality meter's sums (QualityMeter.state_dict)
+    windows: list[dict[str, Any]] = field(default_factory=list)  # the epoch's weight-quality log windows
+
+    @classmethod
+    def start(cls, perm: torch.Tensor) -> EpochPosition:
+        """A new epoch with batch order ``perm``."""
+        def zero() -> torch.Tensor:
+            return torch.zeros((), device=perm.device, dtype=torch.float64)
+
+        return cls(perm, 0, zero(), zero(), zero(), torch.zeros((), device=perm.device, dtype=torch.bool))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors, numbers and plain containers (a checkpoint's ``position``)."""
+        return {"iteration": self.it, "perm": self.perm.cpu(), "loss_sum": self.loss_sum.cpu(),
+                "meta_sum": self.meta_sum.cpu(), "clean_mass": self.clean_mass.cpu(), "bad": self.bad.cpu(),
+                "stage": dict(self.stage), "gates": {k: v.cpu() for k, v in self.gates.items()},
+                "time_s": self.time_s, "quality": self.quality, "windows": list(self.windows)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device | str) -> EpochPosition:
+        """The position saved by :meth:`state_dict`, its tensors on ``device``."""
+        return cls(state["perm"].to(device), int(state["iteration"]), state["loss_sum"].to(device),
+                   state["meta_sum"].to(device), state["clean_mass"].to(device), state["bad"].to(device),
+                   dict(state["stage"]), {k: v.to(device) for k, v in state["gates"].items()}, float(state["time_s"]),
+                   state.get("quality"), list(state.get("windows", [])))
+
+
+def _restore(ck: dict[str, Any], path: Path, model, opt, learner, gen, data: RunData, iters: int):
+    """Load ``ck`` into the run's objects; returns ``(epoch, steps done, best, elapsed, position)``.
+
+    Raises:
+        CorruptFileError: the checkpoint does not fit the run (missing keys, wrong shapes).
+    """
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if learner is not None:
+            learner.load_state_dict(ck["learner"])
+        gen.set_state(ck["generator"])
+        torch.random.set_rng_state(ck["torch_rng"])
+        position = None
+        if ck.get("position") is not None:
+            position = EpochPosition.from_state(ck["position"], data.train_x.device)
+            if position.perm.shape != (data.train_x.shape[0],) or not 0 < position.it < iters:
+                raise ValueError("its mid-epoch position does not fit the training set")
+        return int(ck["epoch"]), int(ck["step"]), float(ck["best_test_acc"]), float(ck["elapsed_s"]), position
+    except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CorruptFileError(f"{path} does not fit this run ({type(e).__name__}: {first})") from None
+
+
 def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     # Everything that can fail on bad input happens before the first byte is written; with several
     # processes, a failure on one rank is raised on all of them (none is left waiting for it).
@@ -218,6 +295,10 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
         _validate_names(cfg)
         _check_distributed(cfg)
         run_dir = _check_out_dir(cfg)
+        # every rank loads the same checkpoint (several machines: --out on a shared disk)
+        ck = resume_checkpoint(cfg, run_dir) if cfg.resume else None
+        if ck is not None and ck.get("position") is not None and dist.world_size() > 1:
+            raise ValueError(f"{run_dir / CHECKPOINT} was written mid-epoch, which resumes on one process only")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         data = prepare_data(cfg, device)
@@ -235,25 +316,20 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
                 rows = dist.shard(batch, "--batch-size")
                 shards = rows, dist.shard(meta_bs, "the meta batch size (--meta-batch-size)") if meta_bs else None
     if cfg.meta_set == "pseudo":
-        return _train_pseudo_run(cfg, data, run_dir, device)
+        return _train_pseudo_run(cfg, data, run_dir, device, ck)
     model, opt, loss_fn, learner = build_components(cfg, data, device)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch order, meta batches, augmentation
     main = dist.is_main()  # rank 0 writes the run folder and shows progress
 
     # many/medium/few-shot groups by training class counts, reported for long-tailed runs
     groups, group_rule = data.class_groups() if cfg.imbalance > 1 else (None, None)
-    start_epoch, step, best, elapsed = 0, 0, 0.0, 0.0
-    if cfg.resume:  # every rank loads the same checkpoint (several machines: --out on a shared disk)
-        ck = load_checkpoint(run_dir / CHECKPOINT)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if learner is not None:
-            learner.load_state_dict(ck["learner"])
-        gen.set_state(ck["generator"])
-        torch.random.set_rng_state(ck["torch_rng"])
-        start_epoch, step, best, elapsed = ck["epoch"], ck["step"], ck["best_test_acc"], ck["elapsed_s"]
-    elif main:
-        _write_run_header(cfg, run_dir, data, device, groups, group_rule)
+    start_epoch, done, best, elapsed, position = 0, 0, 0.0, 0.0, None
+    if ck is not None:
+        start_epoch, done, best, elapsed, position = _restore(ck, run_dir / CHECKPOINT, model, opt, learner, gen,
+                                                              data, iters)
+    step = done - (position.it if position is not None else 0)  # steps before the epoch in progress
+    if main:
+        start_run_folder(cfg, run_dir, data, device, ck is not None, done, groups, group_rule)
     metrics = None
     if main:
         metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
@@ -264,10 +340,23 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
         from famus.report.tracking import Tracker
 
         tracker = Tracker(run_dir, cfg.track_every, [i.name for i in learner.layer_infos],
-                          keep_until=step if cfg.resume else None)
-        if cfg.resume and ck.get("tracker"):
+                          keep_until=done if cfg.resume else None)
+        if ck is not None and ck.get("tracker"):
             tracker.load_state_dict(ck["tracker"])
-    bar = tqdm(total=cfg.epochs * iters, initial=start_epoch * iters, disable=not (cfg.progress and main),
+    # mid-epoch checkpoints on one process only (with several, each rank has its own sums and BN statistics)
+    schedule = CheckpointSchedule(cfg.checkpoint_every) if main and dist.world_size() == 1 else None
+
+    def save(epoch_done: int, steps_done: int, pos: EpochPosition | None = None) -> None:
+        save_checkpoint(run_dir / CHECKPOINT, {
+            "epoch": epoch_done, "step": steps_done, "position": pos.state_dict() if pos is not None else None,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "learner": learner.state_dict() if learner else None, "generator": gen.get_state(),
+            "torch_rng": torch.random.get_rng_state(), "best_test_acc": best, "elapsed_s": elapsed,
+            "config": cfg.to_dict(), "tracker": tracker.state_dict() if tracker else None})
+        if schedule is not None:
+            schedule.written()
+
+    bar = tqdm(total=cfg.epochs * iters, initial=done, disable=not (cfg.progress and main),
                desc=f"{cfg.method}/{cfg.meta_grad}" if learner else "erm", unit="it", dynamic_ncols=True)
     last = 0.0
     try:
@@ -275,7 +364,9 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             if loss_fn is not None:
                 loss_fn.set_epoch(epoch)  # LDAM's deferred re-weighting
             record = _train_epoch(cfg, model, opt, learner, data, gen, epoch, step, iters, batch, meta_bs, bar,
-                                  loss_fn=loss_fn, tracker=tracker, shards=shards)
+                                  loss_fn=loss_fn, tracker=tracker, shards=shards,
+                                  position=position if epoch == start_epoch else None, schedule=schedule,
+                                  checkpoint=save)
             step += iters
             # per-rank BatchNorm statistics: every rank continues from (and rank 0 saves) their average
             dist.average_buffers_(model)
@@ -288,14 +379,10 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
                 record.update(group_acc=group_accuracy(per_class, groups), group_rule=group_rule)
             if not main:
                 continue
-            ck = {"epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                  "learner": learner.state_dict() if learner else None, "generator": gen.get_state(),
-                  "torch_rng": torch.random.get_rng_state(), "best_test_acc": best, "elapsed_s": elapsed,
-                  "config": cfg.to_dict(), "tracker": tracker.state_dict() if tracker else None}
-            save_checkpoint(run_dir / CHECKPOINT, ck)
+            metrics.write(record)  # before the checkpoint: a kill between the two redoes the epoch and its record
             if acc >= best:
-                save_checkpoint(run_dir / "model_best.pt", {"epoch": epoch + 1, "model": model.state_dict()})
-            metrics.write(record)
+                save_checkpoint(run_dir / BEST, {"epoch": epoch + 1, "model": model.state_dict()})
+            save(epoch + 1, step)
             bar.set_postfix(test_acc=f"{acc:.4f}", best=f"{best:.4f}")
     finally:
         bar.close()
@@ -315,11 +402,32 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     return dist.broadcast_object(summary)
 
 
+def start_run_folder(cfg: TrainConfig, run_dir: Path, data: RunData, device: torch.device, resumed: bool,
+                     step: int = 0, groups=None, group_rule=None) -> None:
+    """The first writes of a run, once every check passed: stale temporaries go; a new run (or one
+    resumed without a checkpoint) gets its header; a resumed one its updated ``config.yaml`` and a
+    note in ``run.json``."""
+    remove_stale_temporaries(run_dir)
+    if not resumed:
+        _write_run_header(cfg, run_dir, data, device, groups, group_rule)
+        return
+    atomic_write_text(run_dir / CONFIG_FILE, replace(cfg, resume=False).to_yaml())  # e.g. more epochs
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    resumes = info.get("resumed") if isinstance(info.get("resumed"), list) else []
+    resumes.append({"step": step, "code_version": code_version(), "torch": torch.__version__, "device": str(device),
+                    "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    info["resumed"] = resumes
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+
+
 def _write_run_header(cfg: TrainConfig, run_dir: Path, data: RunData, device: torch.device, groups=None,
                       group_rule=None) -> None:
     """config.yaml, run.json (seed, code version, environment), noisy labels and the split."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    atomic_write_text(run_dir / CONFIG_FILE, replace(cfg, resume=False).to_yaml())  # the run, not how it started
     run_info = {"seed": cfg.seed, "code_version": code_version(), "torch": torch.__version__,
                 "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
                 "train_examples": int(data.train_x.shape[0]), "meta_examples": int(data.meta_x.shape[0]),
@@ -331,47 +439,55 @@ def _write_run_header(cfg: TrainConfig, run_dir: Path, data: RunData, device: to
         run_info.update(world_size=dist.world_size(), backend=torch.distributed.get_backend())
     atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
     save_noisy_labels(run_dir / "noisy_labels.pt", data.clean_y.cpu(), data.noise)
-    torch.save({"train_index": data.train_index, "meta_index": data.meta_index}, run_dir / "split.pt")
+    save_verified(run_dir / "split.pt", {"train_index": data.train_index, "meta_index": data.meta_index})
 
 
-def _train_pseudo_run(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.device) -> dict[str, Any]:
+def _train_pseudo_run(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.device,
+                      ck: dict[str, Any] | None) -> dict[str, Any]:
     from famus.train.pseudo import train_pseudo
 
-    if not cfg.resume:
-        _write_run_header(cfg, run_dir, data, device)
     iters = data.train_x.shape[0] // min(cfg.batch_size, data.train_x.shape[0])
     bar = tqdm(total=cfg.epochs * iters * 2, disable=not cfg.progress, unit="it",
                dynamic_ncols=True, desc=f"pseudo {cfg.method}/{cfg.meta_grad}" if cfg.method != "erm" else "pseudo erm")
     try:
-        return train_pseudo(cfg, data, run_dir, device, bar)
+        return train_pseudo(cfg, data, run_dir, device, bar, ck)
     finally:
         bar.close()
 
 
+def _check_finite(bad: torch.Tensor, cfg: TrainConfig, epoch: int, step: int) -> None:
+    """Stop (keeping the last good checkpoint) if a loss since the last check was NaN or inf."""
+    if bool(bad):
+        raise TrainingError(f"the training loss became NaN or inf at epoch {epoch + 1}, step {step} or before; "
+                            f"stopped. The last good checkpoint is kept in {cfg.out}; try a lower --lr")
+
+
 def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iters, batch, meta_bs, bar, loss_fn=None,
-                 tracker=None, shards=(None, None)):
-    """One epoch; returns its metrics record (floats), syncing only every ``log_every`` steps.
+                 tracker=None, shards=(None, None), position: EpochPosition | None = None,
+                 schedule: CheckpointSchedule | None = None,
+                 checkpoint: Callable[[int, int, EpochPosition], None] | None = None):
+    """One epoch, or its rest from ``position``; returns its metrics record (floats), syncing only
+    every ``log_every`` steps.
 
     ``shards``: this rank's rows of each training batch and of each meta batch (several processes;
     every rank draws the same batches from the same generator and keeps its slice).
+    ``schedule``: after a step it marks as due (and not the epoch's last), ``checkpoint(epoch,
+    steps done, position)`` writes a mid-epoch checkpoint; its time is not training time.
     """
     rows, meta_rows = shards
     distributed = dist.is_distributed()
     shares: list[torch.Tensor] = []  # per step (weight on clean examples, total weight) of this shard
     model.train()
     dev = data.train_x.device
-    perm = torch.randperm(data.train_x.shape[0], generator=gen).to(dev)
-    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-    meta_sum = torch.zeros((), device=dev, dtype=torch.float64)
-    clean_mass = torch.zeros((), device=dev, dtype=torch.float64)
-    bad = torch.zeros((), device=dev, dtype=torch.bool)
-    stage: dict[str, float] = {}
-    gates: dict[str, torch.Tensor] = {}
+    pos = position or EpochPosition.start(torch.randperm(data.train_x.shape[0], generator=gen).to(dev))
+    perm = pos.perm
     # weight quality (clean vs noisy): known only where the noise was injected; meta methods only
     quality = QualityMeter(dev) if learner is not None and cfg.log_quality and data.noise_known else None
-    windows: list[dict[str, Any]] = []
-    t_epoch = time.perf_counter()
-    for it in range(iters):
+    if quality is not None and pos.quality is not None:
+        quality.load_state_dict(pos.quality)
+    t_epoch = time.perf_counter() - pos.time_s
+    lr = lr_at(cfg, epoch, step + pos.it)
+    for it in range(pos.it, iters):
         lr = lr_at(cfg, epoch, step + it)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -399,47 +515,53 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
                 tracker.record(step + it + 1, epoch + 1, learner, x, y, xm, ym, stats, data.corrupted[idx])
                 t_epoch += time.perf_counter() - t_track
             loss = stats.train_loss
-            meta_sum += stats.meta_loss.double()
+            pos.meta_sum += stats.meta_loss.double()
             w = stats.weights.double()
             if distributed:  # the union batch's share, from every rank's sums (at the epoch's end)
                 shares.append(torch.stack([(w * (~data.corrupted[idx]).double()).sum(), w.sum()]))
             else:
-                clean_mass += (w * (~data.corrupted[idx]).double()).sum() / w.sum().clamp(min=1e-12)
+                pos.clean_mass += (w * (~data.corrupted[idx]).double()).sum() / w.sum().clamp(min=1e-12)
             for k, v in stats.times.items():
-                stage[k] = stage.get(k, 0.0) + v
+                pos.stage[k] = pos.stage.get(k, 0.0) + v
             for k, v in (stats.gates or {}).items():
-                gates[k] = gates.get(k, 0.0) + v.double()
+                pos.gates[k] = pos.gates.get(k, 0.0) + v.double()
             if quality is not None:
                 quality.update(stats.weights, ~data.corrupted[idx])
-        loss_sum += loss.detach().double()
-        bad |= ~torch.isfinite(loss.detach())
-        if (it + 1) % cfg.log_every == 0 or it + 1 == iters:
-            if bool(bad):
-                raise TrainingError(
-                    f"the training loss became NaN or inf at epoch {epoch + 1}, step {step + it + 1}; stopped. "
-                    f"The last good checkpoint (epoch {epoch}) is kept in {cfg.out}; try a lower --lr"
-                )
-            bar.update(epoch * iters + it + 1 - bar.n)
-            post = {"loss": f"{float(loss_sum) / (it + 1):.4f}", "lr": f"{lr:g}"}
+        pos.loss_sum += loss.detach().double()
+        pos.bad |= ~torch.isfinite(loss.detach())
+        finished = it + 1
+        if finished % cfg.log_every == 0 or finished == iters:
+            _check_finite(pos.bad, cfg, epoch, step + finished)
+            bar.update(step + finished - bar.n)
+            post = {"loss": f"{float(pos.loss_sum) / finished:.4f}", "lr": f"{lr:g}"}
             if quality is not None:
                 t_log = time.perf_counter()  # logging, not training time
-                windows.append({"step": step + it + 1, **quality.window(), "v_curve": v_curve(learner.meta_model)})
-                auroc = windows[-1]["weight_auroc"]
+                pos.windows.append({"step": step + finished, **quality.window(),
+                                    "v_curve": v_curve(learner.method)})
+                auroc = pos.windows[-1]["weight_auroc"]
                 post["auroc"] = "-" if auroc is None else f"{auroc:.3f}"
                 t_epoch += time.perf_counter() - t_log
             bar.set_postfix(post)
+        if schedule is not None and checkpoint is not None and finished < iters and schedule.due(step + finished):
+            _check_finite(pos.bad, cfg, epoch, step + finished)  # only good states are saved
+            t_save = time.perf_counter()
+            pos.it, pos.time_s = finished, t_save - t_epoch
+            pos.quality = quality.state_dict() if quality is not None else None
+            checkpoint(epoch, step + finished, pos)
+            t_epoch += time.perf_counter() - t_save
     epoch_time = time.perf_counter() - t_epoch
+    clean_mass = pos.clean_mass
     if shares:
         (sums,) = dist.sum_over_ranks([torch.stack(shares)])
         clean_mass = (sums[:, 0] / sums[:, 1].clamp(min=1e-12)).sum()
-    record: dict[str, Any] = {"train_loss": float(loss_sum) / iters, "lr": lr, "time_per_iter_s": epoch_time / iters,
-                              "epoch_time_s": epoch_time}
+    record: dict[str, Any] = {"train_loss": float(pos.loss_sum) / iters, "lr": lr,
+                              "time_per_iter_s": epoch_time / iters, "epoch_time_s": epoch_time}
     if learner is not None:
-        record["meta_loss"] = float(meta_sum) / iters
+        record["meta_loss"] = float(pos.meta_sum) / iters
         record["clean_weight_share"] = float(clean_mass) / iters
-        record["stage_time_s"] = {k: v / iters for k, v in stage.items()}
-        if gates:
-            record["gate_rate"] = {k: float(v) / iters for k, v in gates.items()}
+        record["stage_time_s"] = {k: v / iters for k, v in pos.stage.items()}
+        if pos.gates:
+            record["gate_rate"] = {k: float(v) / iters for k, v in pos.gates.items()}
     if quality is not None:
-        record.update(quality.epoch(), v_curve=v_curve(learner.meta_model), quality_steps=windows)
+        record.update(quality.epoch(), v_curve=v_curve(learner.method), quality_steps=pos.windows)
     return record

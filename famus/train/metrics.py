@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from famus.atomic import atomic_write_text
+
 
 class MetricsWriter:
     """Appends one record per epoch.
@@ -34,11 +36,17 @@ class MetricsWriter:
                 warnings.warn("tensorboard is not installed; pip install tensorboard to log there", stacklevel=2)
 
     def _truncate(self, epoch: int) -> None:
+        """Keep the records of epochs ``<= epoch`` (a line cut short by a kill is dropped), atomically."""
         if not self.path.exists():
             return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("epoch", 0) <= epoch]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= epoch]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         if self.csv_path is not None:
             self.csv_path.unlink(missing_ok=True)
             for r in rows:

@@ -20,9 +20,10 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from famus import distributed as dist
+from famus.meta.methods import MetaMethod, MWNet
 
 V_LOSSES = (0.1, 0.3, 1.0, 2.0, 3.0, 5.0)  # losses at which MW-Net's V(l) is recorded
 FIELDS = ("weight_auroc", "clean_share", "natural_share", "clean_lift", "weight_clean", "weight_noisy")
@@ -93,6 +94,14 @@ class QualityMeter:
         sums, counts = acc.tolist()
         return {f: (round(s / c, 6) if c else None) for f, s, c in zip(FIELDS, sums, counts)}
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The window's and the epoch's sums and counts (a mid-epoch checkpoint's)."""
+        return {"window": self._win.cpu().clone(), "epoch": self._epoch.cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self._win = state["window"].to(self.device, torch.float64).clone()
+        self._epoch = state["epoch"].to(self.device, torch.float64).clone()
+
     def window(self) -> dict[str, float | None]:
         """Means since the last call (a log window), then reset the window."""
         out = self._means(self._win)
@@ -107,19 +116,16 @@ class QualityMeter:
 
 
 @torch.no_grad()
-def v_curve(meta_model: nn.Module | None, losses: tuple[float, ...] = V_LOSSES) -> dict[str, float] | None:
-    """MW-Net's learned weight function at fixed losses: ``{"0.3": V(0.3), ...}``; ``None`` without one.
+def v_curve(method: MetaMethod | None, losses: tuple[float, ...] = V_LOSSES) -> dict[str, float] | None:
+    """MW-Net's learned weight function at fixed losses: ``{"0.3": V(0.3), ...}``; ``None`` for other methods.
 
-    Pure function of the meta model's parameters (no randomness, no state change).
+    A pure function of the meta model's parameters (no randomness, no state change).
     """
-    if meta_model is None:
+    if not isinstance(method, MWNet):
         return None
-    p = next(meta_model.parameters())
+    p = next(method.meta_model.parameters())
     x = torch.tensor(losses, dtype=p.dtype, device=p.device).unsqueeze(1)  # (k, 1)
-    try:
-        v = meta_model(x).reshape(-1)
-    except RuntimeError:  # a custom meta model that does not take (k, 1) losses
-        return None
+    v = method.meta_model(x).reshape(-1)
     return {f"{loss:g}": round(float(val), 6) for loss, val in zip(losses, v.tolist())}
 
 

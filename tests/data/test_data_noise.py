@@ -261,7 +261,8 @@ def test_save_and_load_noisy_labels_round_trip(tmp_path, clean):
     result = symmetric(clean, 0.4, C, gen(12))
     path = tmp_path / "sub" / "noise.pt"
     save_noisy_labels(path, clean, result)
-    assert [p.name for p in path.parent.iterdir()] == ["noise.pt"]  # no temp file left behind
+    # no temp file left behind; the checksum sidecar beside it
+    assert sorted(p.name for p in path.parent.iterdir()) == ["noise.pt", "noise.pt.sha256"]
     loaded_clean, loaded = load_noisy_labels(path)
     assert torch.equal(loaded_clean, clean)
     assert torch.equal(loaded.labels, result.labels)

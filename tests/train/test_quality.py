@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from famus.meta import L2R, MWNet
 from famus.train import TrainConfig, train
 from famus.train.checkpoint import load_checkpoint
 from famus.train.quality import FIELDS, QualityMeter, batch_auroc, batch_quality, lift_onset, v_curve
@@ -60,9 +61,9 @@ def test_lift_onset_and_v_curve():
     with torch.no_grad():
         meta[0].weight.fill_(-1.0)
         meta[0].bias.fill_(0.0)
-    v = v_curve(meta, (0.0, 2.0))
+    v = v_curve(MWNet(meta_model=meta), (0.0, 2.0))
     assert v == {"0": 0.5, "2": pytest.approx(1 / (1 + math.e**2), abs=1e-6)}
-    assert v_curve(None) is None
+    assert v_curve(None) is None and v_curve(L2R()) is None
 
 
 def test_quality_logging_does_not_change_training(tmp_path, one_thread):
