@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from famus import distributed as dist
-from famus.meta.engines import STAGES, Engine, MetaBatch, MetaResult, build_engine
+from famus.meta.engines import DEFAULT_ENGINE, STAGES, Engine, MetaBatch, MetaResult, build_engine
 from famus.meta.engines.base import ENGINES, StageTimer
 from famus.meta.layers import LayerInfo, layer_infos
 from famus.meta.methods import METHODS, MetaMethod
@@ -89,8 +89,9 @@ class MetaLearner:
             famus code: the virtual and meta passes use ``torch.func.functional_call``.
         optimizer: the base model's optimizer; its current learning rate is alpha.
         method: ``"mwnet"`` or ``"l2r"`` (see ``famus.meta.methods.METHODS``), or a ``MetaMethod``.
-        meta_grad: engine name (``"exact"``, ``"famus"``, ``"jvp"``, ``"fd"``, ``"famus-jvp"``,
-            ``"famus-fd"``, ``"block"``, ``"random"``) or an ``Engine``. A ``"+lagged"`` suffix
+        meta_grad: engine name (``"fd"``, the default: the exact meta gradient by one extra forward
+            pass; ``"exact"``, ``"famus"``, ``"jvp"``, ``"famus-jvp"``, ``"famus-fd"``, ``"block"``,
+            ``"random"``) or an ``Engine``. A ``"+lagged"`` suffix
             (e.g. ``"famus-fd+lagged"``) is the same as ``lagged=True``.
         seed: seed of the learner's own generator (gates, random layers).
         reuse_forward: Actual-Train reuses the Virtual-Train forward pass (on by default). The
@@ -121,7 +122,7 @@ class MetaLearner:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         method: str | MetaMethod = "mwnet",
-        meta_grad: str | Engine = "exact",
+        meta_grad: str | Engine = DEFAULT_ENGINE,
         *,
         seed: int = 0,
         reuse_forward: bool = True,

@@ -16,6 +16,8 @@ from typing import Any, Union
 
 import yaml
 
+from famus.meta.engines.base import DEFAULT_ENGINE
+
 
 @dataclass
 class TrainConfig:
@@ -39,7 +41,7 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     # method
     method: str = "mwnet"  # erm, l2r, mwnet, mlc
-    meta_grad: str = "exact"  # exact, famus, block, random, ...
+    meta_grad: str = DEFAULT_ENGINE  # fd (exact meta gradient, one extra forward), exact, famus, jvp, ...
     method_options: dict[str, Any] = field(default_factory=dict)  # meta_lr, normalize, ...
     engine_options: dict[str, Any] = field(default_factory=dict)  # k, temperature, candidates, ...
     meta_batch_size: int | None = None  # default: batch_size
