@@ -80,20 +80,42 @@ def test_fd_agrees_with_exact_within_stated_tolerance(model_name, method):
     assert _rel(learner.meta_gradient(*batch, meta_grad="fd"), exact) < FD_RTOL
 
 
-def test_fd_float32_is_close_and_its_step_is_configurable():
-    """float32: ReLU units crossing their kink within the step dominate; ~0.5% on this net."""
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_fd_float32_is_close_and_its_step_is_configurable(scheme):
+    """float32: ReLU units crossing their kink within the step dominate; ~0.5% on this net, either scheme."""
     torch.manual_seed(0)
     model = build_model("small-resnet", 3, in_channels=1, width=8)
     batch = make_batches(n=32, m=16, size=8, dtype=torch.float32)
-    learner = _learner(model, "l2r", "fd", lr=0.1)
+    learner = _learner(model, "l2r", "fd", lr=0.1, scheme=scheme)
     exact = learner.meta_gradient(*batch, meta_grad="exact")
     fd = learner.meta_gradient(*batch)
     assert _rel(fd, exact) < 2e-2
     assert float(torch.nn.functional.cosine_similarity(fd["eps"], exact["eps"], dim=0)) > 0.999
-    coarse = _learner(model, "l2r", "fd", lr=0.1, fd_eps=0.3).meta_gradient(*batch)
+    coarse = _learner(model, "l2r", "fd", lr=0.1, fd_eps=0.3, scheme=scheme).meta_gradient(*batch)
     assert _rel(coarse, exact) > _rel(fd, exact)  # the option reaches the engine
     with pytest.raises(ValueError, match="fd_eps"):
         _learner(model, "l2r", "fd", fd_eps=-1.0)
+    with pytest.raises(ValueError, match="scheme"):
+        _learner(model, "l2r", "fd", scheme="backward")
+
+
+def test_forward_scheme_bias_is_first_order_in_the_step():
+    """float64, smooth regime: halving the step halves the one-sided error, quarters the central one."""
+    torch.manual_seed(0)
+    model = TinyResNet().double()
+    batch = make_batches(size=5)
+
+    def grad(*args, **kw):
+        torch.manual_seed(1)  # the same meta model every time
+        return _learner(model, "mwnet", *args, **kw).meta_gradient(*batch)
+
+    exact = grad()
+    err = {(scheme, eps): _rel(grad("fd", fd_eps=eps, scheme=scheme), exact)
+           for scheme in ("forward", "central") for eps in (1e-3, 5e-4)}
+    assert err[("forward", 1e-3)] / err[("forward", 5e-4)] == pytest.approx(2.0, rel=0.05)
+    assert err[("central", 1e-3)] / err[("central", 5e-4)] == pytest.approx(4.0, rel=0.05)
+    assert err[("forward", 1e-3)] < 2e-3  # measured 9.3e-4: ~0.9 x the relative step
+    assert _rel(grad("fd"), exact) < 1e-7  # the default step (sqrt of float64's epsilon)
 
 
 @pytest.mark.parametrize("engine", ["jvp", "fd"])
