@@ -1,4 +1,4 @@
-"""The meta step on a plain PyTorch model: MW-Net with exact and FaMUS meta gradients.
+"""The meta step on a plain PyTorch model: MW-Net with the default (fd), exact and FaMUS meta gradients.
 
 Run: python examples/quickstart.py
 """
@@ -28,7 +28,7 @@ def main():
     x = torch.randn(512, 1, 8, 8, generator=gen) + y_clean.view(-1, 1, 1, 1).float()
     y = torch.where(torch.rand(512, generator=gen) < 0.4, torch.randint(0, 3, (512,), generator=gen), y_clean)
     x_meta, y_meta = x[:30], y_clean[:30]  # a small trusted set
-    for engine in ("exact", "famus"):
+    for engine in ("fd", "exact", "famus"):
         torch.manual_seed(0)
         model = Net()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
