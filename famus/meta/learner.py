@@ -10,8 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from famus import distributed as dist
+from famus.meta import inputs as io
 from famus.meta.engines import STAGES, Engine, MetaBatch, MetaResult, build_engine
 from famus.meta.engines.base import ENGINES, StageTimer
+from famus.meta.inputs import Inputs
 from famus.meta.layers import LayerInfo, layer_infos
 from famus.meta.methods import METHODS, MetaMethod
 
@@ -86,7 +88,10 @@ class MetaLearner:
 
     Args:
         model: any ``nn.Module`` mapping ``(n, ...)`` inputs to ``(n, C)`` logits. It needs no
-            famus code: the virtual and meta passes use ``torch.func.functional_call``.
+            famus code: the virtual and meta passes use ``torch.func.functional_call``. Inputs may
+            be a tensor (``model(x)``), a tuple of tensors (``model(*x)``) or a dict of tensors
+            (``model(**x)``, e.g. ``input_ids`` and ``attention_mask``), batch dimension first; the
+            output may be the logits or an object holding them as ``.logits`` (:mod:`famus.meta.inputs`).
         optimizer: the base model's optimizer; its current learning rate is alpha.
         method: ``"mwnet"`` or ``"l2r"`` (see ``famus.meta.methods.METHODS``), or a ``MetaMethod``.
         meta_grad: engine name (``"exact"``, ``"famus"``, ``"jvp"``, ``"fd"``, ``"famus-jvp"``,
@@ -170,14 +175,14 @@ class MetaLearner:
         """The meta model (MW-Net's weighting MLP), or ``None`` for L2R."""
         return self.method.meta_model
 
-    def _bind(self, x: Tensor) -> None:
+    def _bind(self, x: Inputs) -> None:
         if self.layer_infos is not None:
             return
-        example = x[: min(2, x.shape[0])]
+        example = io.head(x, 2)
         self.layer_infos = layer_infos(self.model, example)
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             state = {**dict(self.model.named_parameters()), **self._buffers()}
-            out = torch.func.functional_call(self.model, state, (example,))
+            out = io.forward(self.model, state, example)
         if out.dim() != 2:
             raise ValueError(f"the model must return (batch, classes) logits, got shape {tuple(out.shape)}")
         self.num_classes = out.shape[1]
@@ -199,6 +204,9 @@ class MetaLearner:
             self._engines[name] = eng
         return self._engines[name]
 
+    def _first_param(self) -> Tensor:
+        return next(self.model.parameters())
+
     def _buffers(self) -> dict[str, Tensor]:
         # clones: BN in train mode writes running stats into whatever it is given
         return {n: b.clone() for n, b in self.model.named_buffers()}
@@ -210,11 +218,12 @@ class MetaLearner:
                 by_id[id(p)] = group["lr"]
         return {n: by_id.get(id(p), self.optimizer.param_groups[0]["lr"]) for n, p in self.model.named_parameters()}
 
-    def _validate(self, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor) -> None:
-        for name, t in (("x", x), ("y", y), ("x_meta", x_meta), ("y_meta", y_meta)):
+    def _validate(self, x: Inputs, y: Tensor, x_meta: Inputs, y_meta: Tensor) -> None:
+        for name, t in (("y", y), ("y_meta", y_meta)):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        for xs, ys, what in ((x, y, "training"), (x_meta, y_meta, "meta")):
+        counts = {"x": io.check(x, "x"), "x_meta": io.check(x_meta, "x_meta")}
+        for xn, ys, what in (("x", y, "training"), ("x_meta", y_meta, "meta")):
             soft = what == "training" and ys.dim() == 2 and ys.is_floating_point()
             if ys.dim() != 1 and not soft:
                 raise ValueError(
@@ -222,18 +231,18 @@ class MetaLearner:
                     + (" (or (n, C) float soft targets)" if what == "training" else "")
                     + f", got shape {tuple(ys.shape)}"
                 )
-            if xs.shape[0] != ys.shape[0]:
+            if counts[xn] != ys.shape[0]:
                 raise ValueError(
-                    f"mismatched {what} batch: inputs have {xs.shape[0]} examples but labels have {ys.shape[0]}"
+                    f"mismatched {what} batch: inputs have {counts[xn]} examples but labels have {ys.shape[0]}"
                 )
-            if xs.shape[0] == 0:
+            if counts[xn] == 0:
                 raise ValueError(f"the {what} batch is empty")
             if ys.dtype != torch.long and not soft:
                 raise TypeError(f"{what} labels must be int64 (torch.long), got {ys.dtype}")
         self._bind(x)
         if not self._shards_checked and dist.is_distributed():
             sizes = [None] * dist.world_size()
-            torch.distributed.all_gather_object(sizes, (x.shape[0], x_meta.shape[0]))
+            torch.distributed.all_gather_object(sizes, (io.batch_size(x), io.batch_size(x_meta)))
             if len(set(sizes)) > 1:
                 raise ValueError(f"ranks hold shards of different sizes (training, meta): {sizes}; the union "
                                  "batch's step needs equal shards")
@@ -260,7 +269,7 @@ class MetaLearner:
             x_meta=x_meta,
             y_meta=y_meta,
             method=self.method,
-            theta=theta if theta is not None else self.method.meta_params(x.shape[0], next(self.model.parameters())),
+            theta=theta if theta is not None else self.method.meta_params(io.batch_size(x), self._first_param()),
             layers=self.layer_infos,
             keep_virtual=keep_virtual,
         )
@@ -290,7 +299,7 @@ class MetaLearner:
         self.model.train()
         keep = self.reuse_forward and not self.lagged
         res: MetaResult = self.engine.compute(self._batch(x, y, x_meta, y_meta, keep_virtual=keep), self.generator)
-        timer = StageTimer(x.device)
+        timer = StageTimer(self.device)
         self._reduce(res)
         self.method.apply(res.meta_grads)
         self.engine.apply(res)
@@ -304,7 +313,7 @@ class MetaLearner:
                 logits = res.virtual_logits
                 self._copy_buffers(res.virtual_buffers)
             else:
-                logits = self.model(x)
+                logits = io.forward(self.model, None, x)
             loss, c = self.method.actual_loss(logits, y, res.meta_grads)
             timer.mark("actual_forward")
             self.optimizer.zero_grad(set_to_none=True)
@@ -415,7 +424,7 @@ class MetaLearner:
                 if unknown:
                     raise ValueError(f"unknown meta parameters {sorted(unknown)}; valid: {sorted(theta)}")
                 theta.update(meta_params)
-            logits = torch.func.functional_call(self.model, {**batch.params, **batch.buffers}, (x,))
+            logits = io.forward(self.model, {**batch.params, **batch.buffers}, x)
             loss, _ = self.method.loss(logits, y, theta)
             names = list(batch.params)
             grads = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True)
@@ -424,7 +433,7 @@ class MetaLearner:
                 w_hat = {
                     n: p if g is None else p - batch.lrs[n] * g for n, p, g in zip(names, batch.params.values(), grads)
                 }
-                out = torch.func.functional_call(self.model, {**w_hat, **batch.buffers}, (x_meta,))
+                out = io.forward(self.model, {**w_hat, **batch.buffers}, x_meta)
                 (value,) = dist.mean_over_ranks([torch.nn.functional.cross_entropy(out, y_meta)])
                 return float(value)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from famus.meta.inputs import Inputs
 from famus.meta.layers import LayerInfo
 from famus.meta.methods import MetaMethod
 from famus.registry import Registry
@@ -53,8 +54,11 @@ class MetaBatch:
         model: the base model (its live parameters are in ``params``).
         params: parameter name -> live parameter (requires grad).
         buffers: buffer name -> CLONED buffer; engines may let BN write into them.
-        lrs: parameter name -> virtual-step learning rate alpha.
-        x, y: training batch ``(n, ...)``, ``(n,)``.
+        lrs: parameter name -> the virtual step's size: ``w_hat = w - lrs[name] * g``. A number (alpha,
+            the learning rate: SGD) or a tensor of the parameter's shape (elementwise, e.g. Adam's
+            preconditioned ``lr / (sqrt(v_hat) + eps)``); a constant for theta either way.
+        x, y: training batch ``(n, ...)`` (a tensor, or a tuple or dict of tensors: see
+            :mod:`famus.meta.inputs`), ``(n,)``.
         x_meta, y_meta: meta batch ``(m, ...)``, ``(m,)``.
         method: the meta-learning method.
         theta: meta parameters (leaf tensors) the meta gradient is taken for.
@@ -66,15 +70,25 @@ class MetaBatch:
     model: nn.Module
     params: dict[str, Tensor]
     buffers: dict[str, Tensor]
-    lrs: dict[str, float]
-    x: Tensor
+    lrs: dict[str, float | Tensor]
+    x: Inputs
     y: Tensor
-    x_meta: Tensor
+    x_meta: Inputs
     y_meta: Tensor
     method: MetaMethod
     theta: dict[str, Tensor]
     layers: list[LayerInfo]
     keep_virtual: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        """The model's device."""
+        return next(iter(self.params.values())).device
+
+    def one(self) -> Tensor:
+        """A 0-d ``1.0`` in the model's dtype, on its device (a pinned layer's gate)."""
+        p = next(iter(self.params.values()))
+        return torch.ones((), dtype=p.dtype, device=p.device)
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from famus import distributed as dist
+from famus.meta import inputs as io
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
 from famus.meta.engines.derivative import default_fd_eps, fd_logits, jvp_logits
 from famus.meta.engines.second_order import GateFn, grad_match_loss
@@ -171,7 +172,7 @@ def directional(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    device = batch.x.device
+    device = batch.device
     timer = StageTimer(device)
     # the JVP/FD passes redo the Virtual-Train forward, so they start from the same buffers
     buffers0 = {n: b.clone() for n, b in batch.buffers.items()}
@@ -211,7 +212,7 @@ def directional(
     jd = None
     if direction:
         start = trace.usable_start(min(stages.stage_of[p] for p in direction))
-        h = trace.inputs[start].detach()
+        h = io.tree_map(Tensor.detach, trace.inputs[start])
         base = {n: p.detach() for n, p in batch.params.items()}
         rng_after_meta = rng_state(device)
 
@@ -262,7 +263,7 @@ class Directional(Engine):
     def staging(self, batch: MetaBatch) -> Stages:
         """The model's stages, built once per model (declared split points are checked then)."""
         if self._stages is None or self._stages[0] is not batch.model:
-            example = batch.x[: min(2, batch.x.shape[0])]
+            example = io.head(batch.x, 2)
             self._stages = (batch.model, Stages.from_model(batch.model, self.stages_spec, example))
         return self._stages[1]
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call
 
 from famus import distributed as dist
+from famus.meta import inputs as io
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
 from famus.meta.engines.staging import rng_state, same_rng_state
 
@@ -64,10 +64,10 @@ def second_order(
         :class:`MetaResult` with the gradient of ``L_c + lambda_g L_g + extra`` w.r.t. theta
         and the sampler parameters that ``gate_fn`` returned.
     """
-    device = batch.x.device
+    device = batch.device
     timer = StageTimer(device)
     rng_before = rng_state(device)
-    logits = functional_call(batch.model, {**batch.params, **batch.buffers}, (batch.x,))
+    logits = io.forward(batch.model, {**batch.params, **batch.buffers}, batch.x)
     # a forward that drew random numbers (dropout) does not equal a later Actual-Train forward
     keep = batch.keep_virtual and same_rng_state(rng_before, rng_state(device))
     loss, c = batch.method.loss(logits, batch.y, batch.theta)
@@ -100,7 +100,7 @@ def second_order(
     # batch.buffers now hold the Virtual-Train statistics, which Actual-Train reuse copies back:
     # the meta pass writes into its own clones
     meta_buffers = {n: b.clone() for n, b in batch.buffers.items()}
-    meta_logits = functional_call(batch.model, {**w_hat, **meta_buffers}, (batch.x_meta,))
+    meta_logits = io.forward(batch.model, {**w_hat, **meta_buffers}, batch.x_meta)
     meta_loss = F.cross_entropy(meta_logits, batch.y_meta)
     timer.mark("meta_forward")
 
@@ -176,7 +176,7 @@ class Block(Engine):
     def compute(self, batch, generator, layers=None):
         contrib = self.selected if layers is None else select_layers(batch.layers, layers)
         res = second_order(batch, contrib)
-        one = batch.x.new_ones(())
+        one = batch.one()
         res.gates = {n: one for n in sorted(contrib, key=[i.name for i in batch.layers].index)}
         return res
 
@@ -204,6 +204,6 @@ class RandomLayers(Engine):
         else:
             contrib = select_layers(batch.layers, layers)
         res = second_order(batch, contrib)
-        one = batch.x.new_ones(())
+        one = batch.one()
         res.gates = {n: one for n in names if n in contrib}
         return res
