@@ -16,6 +16,7 @@ from famus.meta.engines.base import ENGINES, StageTimer
 from famus.meta.inputs import Inputs
 from famus.meta.layers import LayerInfo, layer_infos
 from famus.meta.methods import METHODS, MetaMethod
+from famus.meta.virtual_step import step_sizes, warn_if_unsupported
 
 LAGGED_SUFFIX = "+lagged"
 
@@ -92,7 +93,9 @@ class MetaLearner:
             be a tensor (``model(x)``), a tuple of tensors (``model(*x)``) or a dict of tensors
             (``model(**x)``, e.g. ``input_ids`` and ``attention_mask``), batch dimension first; the
             output may be the logits or an object holding them as ``.logits`` (:mod:`famus.meta.inputs`).
-        optimizer: the base model's optimizer; its current learning rate is alpha.
+        optimizer: the base model's optimizer. The virtual step follows it: plain SGD at its current
+            learning rate alpha, or for Adam/AdamW ``lr / (sqrt(v_hat) + eps)`` elementwise with its
+            current second moment (see :mod:`famus.meta.virtual_step`; other optimizers: SGD, with a warning).
         method: ``"mwnet"`` or ``"l2r"`` (see ``famus.meta.methods.METHODS``), or a ``MetaMethod``.
         meta_grad: engine name (``"exact"``, ``"famus"``, ``"jvp"``, ``"fd"``, ``"famus-jvp"``,
             ``"famus-fd"``, ``"block"``, ``"random"``) or an ``Engine``. A ``"+lagged"`` suffix
@@ -140,6 +143,7 @@ class MetaLearner:
             raise ValueError(f"{type(model).__name__} has no trainable parameters; famus needs a model to train")
         self.model = model
         self.optimizer = optimizer
+        warn_if_unsupported(optimizer)
         if isinstance(meta_grad, str) and meta_grad.endswith(LAGGED_SUFFIX):
             meta_grad, lagged = meta_grad[: -len(LAGGED_SUFFIX)], True
         targets: dict[str, type] = {}
@@ -211,12 +215,9 @@ class MetaLearner:
         # clones: BN in train mode writes running stats into whatever it is given
         return {n: b.clone() for n, b in self.model.named_buffers()}
 
-    def _lrs(self) -> dict[str, float]:
-        by_id = {}
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                by_id[id(p)] = group["lr"]
-        return {n: by_id.get(id(p), self.optimizer.param_groups[0]["lr"]) for n, p in self.model.named_parameters()}
+    def _lrs(self) -> dict[str, float | Tensor]:
+        """The virtual step's size per parameter: ``lr``, or Adam's preconditioned ``lr`` (:mod:`.virtual_step`)."""
+        return step_sizes(self.optimizer, dict(self.model.named_parameters()))
 
     def _validate(self, x: Inputs, y: Tensor, x_meta: Inputs, y_meta: Tensor) -> None:
         for name, t in (("y", y), ("y_meta", y_meta)):

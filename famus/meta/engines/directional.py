@@ -6,6 +6,9 @@ and ``g(theta) = grad_w l = J^T grad_z l`` (``J = dz/dw``). With ``w_hat = w - a
     dL_c/dtheta = d/dtheta < d, g(theta) > = d/dtheta < grad_z l(z, theta), J d >,
     d = -alpha * v,  v = dL_c/dw_hat (first order, at w_hat; v and J d are constants for theta).
 
+``alpha`` is the virtual step's size per parameter (``batch.lrs``): a number (SGD) or a tensor applied
+elementwise (Adam's preconditioned step, :mod:`famus.meta.virtual_step`); ``d = -alpha * v`` either way.
+
 ``J d`` is one forward-mode JVP of the logits (``jvp``, exact) or a central difference of two
 forward passes (``fd``); ``grad_z l`` with ``create_graph`` only goes through the tiny loss head.
 This holds for any method whose loss is a function of logits and theta (L2R, MW-Net, MLC).
@@ -123,17 +126,25 @@ def _objective_grads(
     return dict(zip(leaves, out[: len(leaves)])), dict(zip(last.params, out[len(leaves) :]))
 
 
+def _step_dot(lr: float | Tensor, v: Tensor, g: Tensor) -> Tensor:
+    """``<lr * v, g>`` for a scalar or elementwise (same shape as ``v``) step size ``lr``."""
+    return (lr * v * g).sum() if isinstance(lr, Tensor) else lr * (v * g).sum()
+
+
 def _sampler_grads(
     batch: MetaBatch, gates: dict[str, Tensor], hard: dict[str, bool], extra: Tensor | None,
     sampler_params: dict[str, Tensor], V: dict[str, Tensor], grads: dict[str, Tensor | None],
 ) -> dict[str, Tensor] | None:
-    """Straight-through: ``dObjective/dr_l = -<alpha V_l, g_l>`` (on) or ``+`` (off), plus L_r."""
+    """Straight-through: ``dObjective/dr_l = -<alpha V_l, g_l>`` (on) or ``+`` (off), plus L_r.
+
+    ``alpha`` is the virtual step's size, a number or elementwise (``batch.lrs``).
+    """
     if not sampler_params:
         return None
     objective = extra if extra is not None else 0.0
     for info in batch.layers:
         if info.name in gates:
-            s = sum(batch.lrs[p] * (V[p] * grads[p]).sum() for p in info.params if p in V)
+            s = sum(_step_dot(batch.lrs[p], V[p], grads[p]) for p in info.params if p in V)
             objective = objective + gates[info.name] * (-s if hard[info.name] else s)
     names = list(sampler_params)
     out = torch.autograd.grad(objective, [sampler_params[n] for n in names], allow_unused=True)

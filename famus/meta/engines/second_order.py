@@ -1,6 +1,7 @@
 """Meta gradients by second-order backprop: ``exact``, ``block`` and ``random``.
 
-All three build w_hat(theta) = w - alpha * grad_w L_train(w, theta) with the graph
+All three build w_hat(theta) = w - alpha * grad_w L_train(w, theta) (alpha: ``batch.lrs``, a number or
+an elementwise tensor per parameter, see :mod:`famus.meta.virtual_step`) with the graph
 kept only for the layers that contribute; other layers take a detached w_hat, so
 the meta backward never enters the network below the lowest contributing layer.
 """
