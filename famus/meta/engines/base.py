@@ -116,6 +116,8 @@ class MetaResult:
             statistics an Actual-Train forward on the same batch would produce).
         train_grads: parameter name -> detached Virtual-Train gradient ``grad_w sum_i c_i L_i`` at the
             old meta parameters (what the lagged mode steps with); ``None`` for unused parameters.
+        logits: ``(n, C)`` Virtual-Train logits, detached (always set by famus's engines): the learner
+            computes the Actual-Train weights at them for :attr:`MetaUpdate.weights`.
     """
 
     meta_grads: dict[str, Tensor]
@@ -129,6 +131,7 @@ class MetaResult:
     virtual_logits: Tensor | None = None
     virtual_buffers: dict[str, Tensor] | None = None
     train_grads: dict[str, Tensor | None] | None = None
+    logits: Tensor | None = None
 
 
 class Engine:
@@ -162,6 +165,10 @@ class Engine:
 
     def parameters(self) -> list[Tensor]:
         """Learned parameters of the engine (FaMUS samplers), if any."""
+        return []
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers :meth:`apply` steps (FaMUS's sampler SGD), if any: a skipped step is undone on them."""
         return []
 
     def state_dict(self) -> dict:

@@ -252,6 +252,7 @@ def directional(
         aux=aux,
         times=timer.times,
         virtual_logits=logits if keep else None,
+        logits=logits.detach(),
         virtual_buffers=batch.buffers,
         train_grads=grads,
     )

@@ -135,6 +135,9 @@ class FaMUS(Engine):
     def parameters(self):
         return list(self.samplers.parameters())
 
+    def optimizers(self):
+        return [self.optimizer]
+
     def state_dict(self) -> dict:
         return {"samplers": self.samplers.state_dict(), "optimizer": self.optimizer.state_dict()}
 

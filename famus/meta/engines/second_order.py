@@ -139,6 +139,7 @@ def second_order(
         aux=aux,
         times=timer.times,
         virtual_logits=logits if keep else None,
+        logits=logits.detach(),
         virtual_buffers=batch.buffers,
         train_grads={n: None if g is None else g.detach() for n, g in grads.items()},
     )
