@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from famus import distributed as dist
-from famus.meta import guard
+from famus.meta import guard, precision
 from famus.meta import inputs as io
 from famus.meta.engines import STAGES, Engine, MetaBatch, MetaResult, build_engine
 from famus.meta.engines.base import ENGINES, StageTimer
@@ -256,7 +256,8 @@ class MetaLearner:
             )
         self.reuse_forward, self.lagged = bool(reuse_forward), bool(lagged)
         self.reused_forward = False  # whether the last step reused the virtual forward
-        self.device, self.dtype = first.device, first.dtype
+        # the meta model, samplers and meta losses stay in this dtype (float32 for a 16-bit model)
+        self.device, self.dtype = first.device, precision.master_dtype(first.dtype)
         self.method.to(self.device, self.dtype)
         self.generator = torch.Generator().manual_seed(seed)
         self.layer_infos: list[LayerInfo] | None = None
@@ -475,7 +476,7 @@ class MetaLearner:
 
     def _actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The method's Actual-Train loss and coefficients ``(n,)`` on ``logits``."""
-        return self.method.actual_loss(logits, y, meta_grads)
+        return precision.actual_loss(self.method, logits, y, meta_grads, self.dtype)
 
     def _reduce(self, res: MetaResult) -> None:
         """In a process group: the union batch's meta gradients and meta loss, from the ranks' parts.
@@ -569,7 +570,7 @@ class MetaLearner:
                     raise ValueError(f"unknown meta parameters {sorted(unknown)}; valid: {sorted(theta)}")
                 theta.update(meta_params)
             logits = io.forward(self.model, {**batch.params, **batch.buffers}, x)
-            loss, _ = self.method.loss(logits, y, theta)
+            loss, _ = precision.method_loss(self.method, logits, y, theta, self.dtype)
             names = list(batch.params)
             grads = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True)
             grads = dist.sum_over_ranks(grads)  # the union batch's gradient (process group)
@@ -578,7 +579,7 @@ class MetaLearner:
                     n: p if g is None else p - batch.lrs[n] * g for n, p, g in zip(names, batch.params.values(), grads)
                 }
                 out = io.forward(self.model, {**w_hat, **batch.buffers}, x_meta)
-                (value,) = dist.mean_over_ranks([torch.nn.functional.cross_entropy(out, y_meta)])
+                (value,) = dist.mean_over_ranks([precision.meta_ce(out, y_meta, self.dtype)])
                 return float(value)
 
     def state_dict(self) -> dict:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from famus.meta.inputs import Inputs
 from famus.meta.layers import LayerInfo
 from famus.meta.methods import MetaMethod
+from famus.meta.precision import full_precision, master_dtype
 from famus.registry import Registry
 
 ENGINES: Registry[type[Engine]] = Registry("engine")
@@ -84,6 +85,11 @@ class MetaBatch:
     def device(self) -> torch.device:
         """The model's device."""
         return next(iter(self.params.values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the meta step computes in: the parameters' (float32 for 16-bit ones, see :mod:`.precision`)."""
+        return master_dtype(next(iter(self.params.values())).dtype)
 
     def one(self) -> Tensor:
         """A 0-d ``1.0`` in the model's dtype, on its device (a pinned layer's gate)."""
@@ -209,6 +215,8 @@ def run_gates(gate_fn, grads: dict[str, Tensor | None]):
     """
     if gate_fn is None:
         return {}, None, {}, {}
-    gates, extra, sampler_params = gate_fn(grads)
+    device = next(g for g in grads.values() if g is not None).device
+    with full_precision(device):  # samplers and Gumbel noise in full precision (famus.meta.precision)
+        gates, extra, sampler_params = gate_fn(grads)
     hard = dict(zip(gates, torch.stack([g.detach() for g in gates.values()]).tolist())) if gates else {}
     return gates, extra, sampler_params, hard

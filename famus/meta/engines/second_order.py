@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from famus import distributed as dist
 from famus.meta import inputs as io
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
 from famus.meta.engines.staging import rng_state, same_rng_state
+from famus.meta.precision import full_precision, meta_ce, method_loss
 
 # gate_fn(grads) -> (gates, extra_loss, sampler_params): gates maps layer name -> 0-d
 # straight-through tensor in {0, 1}; extra_loss is added to the meta objective.
@@ -71,7 +71,7 @@ def second_order(
     logits = io.forward(batch.model, {**batch.params, **batch.buffers}, batch.x)
     # a forward that drew random numbers (dropout) does not equal a later Actual-Train forward
     keep = batch.keep_virtual and same_rng_state(rng_before, rng_state(device))
-    loss, c = batch.method.loss(logits, batch.y, batch.theta)
+    loss, c = method_loss(batch.method, logits, batch.y, batch.theta, batch.dtype)
     timer.mark("virtual_forward")
 
     names = list(batch.params)
@@ -102,7 +102,7 @@ def second_order(
     # the meta pass writes into its own clones
     meta_buffers = {n: b.clone() for n, b in batch.buffers.items()}
     meta_logits = io.forward(batch.model, {**w_hat, **meta_buffers}, batch.x_meta)
-    meta_loss = F.cross_entropy(meta_logits, batch.y_meta)
+    meta_loss = meta_ce(meta_logits, batch.y_meta, batch.dtype)
     timer.mark("meta_forward")
 
     objective = meta_loss
@@ -113,7 +113,8 @@ def second_order(
         if all(t.requires_grad for t in last_hat):
             val = torch.autograd.grad(meta_loss, last_hat, create_graph=True)
             val = dist.mean_over_ranks(val, differentiable=True)  # the union meta batch's gradient
-            loss_g = grad_match_loss([grads[p] for p in last.params], list(val))
+            with full_precision(device):
+                loss_g = grad_match_loss([grads[p] for p in last.params], list(val))
             objective = objective + lambda_g * loss_g
             aux["loss_g"] = loss_g.detach()
     if extra is not None:
