@@ -9,7 +9,8 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import replace
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from famus import distributed as dist
 from famus.data import NOISE, save_noisy_labels
 from famus.losses import LOSSES, build_loss
 from famus.meta import ENGINES, METHODS, MetaLearner
+from famus.meta.inputs import logits_of
+from famus.meta.precision import upcast
 from famus.models import MODELS, build_model
 from famus.train.checkpoint import CHECKPOINT, atomic_write_text, load_checkpoint, save_checkpoint
 from famus.train.config import TrainConfig, from_dict, load_config
@@ -116,10 +119,54 @@ def group_accuracy(per_class: torch.Tensor, groups: dict[str, list[int]]) -> dic
     return {g: round(float(per_class[groups[g]].mean()), 6) if groups[g] else None for g in GROUPS}
 
 
-def lr_at(cfg: TrainConfig, epoch: int, step: int) -> float:
-    """Step schedule: ``lr * gamma^(milestones passed)``, milestones in epochs or iterations."""
+def lr_at(cfg: TrainConfig, epoch: int, step: int, iters: int) -> float:
+    """The learning rate of iteration ``step`` (0-based; ``iters`` per epoch).
+
+    A linear warm-up ``lr * (step + 1) / W`` over the first ``W = round(lr_warmup_epochs * iters)``
+    iterations, then the schedule: ``step``, ``lr * gamma^(milestones passed)`` with milestones in
+    epochs or iterations; or ``cosine``, ``lr * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 after the
+    warm-up to 1 at the end of the run (never reaching 0: ``t < 1`` at the last iteration).
+    """
+    warm = round(cfg.lr_warmup_epochs * iters)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "cosine":
+        t = (step - warm) / max(cfg.epochs * iters - warm, 1)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
     point = epoch if cfg.milestone_unit == "epoch" else step
     return cfg.lr * cfg.gamma ** sum(point >= m for m in cfg.milestones)
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """``--optimizer``: SGD (momentum, Nesterov, L2 weight decay) or AdamW (decoupled weight decay)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Precision:
+    """A run's ``--amp``: the autocast dtype (``None``: float32) and, for float16, the GradScaler."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self):
+        """The forward (and meta step) context: ``torch.autocast`` or nothing."""
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+
+def make_precision(cfg: TrainConfig, device: torch.device) -> Precision:
+    """``--amp``: bf16 autocast on any device; fp16 autocast plus a GradScaler on CUDA only."""
+    if cfg.amp is None:
+        return Precision(device)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device (it trains with a GradScaler); on the CPU use --amp bf16")
+    if cfg.amp == "fp16":
+        return Precision(device, torch.float16, torch.amp.GradScaler("cuda"))
+    return Precision(device, torch.bfloat16)
 
 
 @torch.no_grad()
@@ -137,7 +184,7 @@ def evaluate(model: torch.nn.Module, data: RunData, batch_size: int) -> tuple[fl
         end = min(i + batch_size, n * (r + 1) // w)
         x = data.augmenter.normalize(data.test_x[i:end])
         y = data.test_y[i:end]
-        hit = (model(x).argmax(1) == y).float()
+        hit = (logits_of(model(x)).argmax(1) == y).float()
         correct.index_add_(0, y, hit)
     (correct,) = dist.sum_over_ranks([correct])
     model.train(was)
@@ -154,7 +201,7 @@ def _coerce(cfg: TrainConfig | dict | str | Path) -> TrainConfig:
 
 
 def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed_offset: int = 0):
-    """Model, SGD optimizer, per-example loss (``None`` = plain CE) and meta learner (``None`` for ERM).
+    """Model, optimizer (``--optimizer``), per-example loss (``None`` = plain CE) and meta learner (``None`` for ERM).
 
     ``seed_offset`` gives a second network its own initialization (pseudo-clean co-training).
     """
@@ -166,8 +213,7 @@ def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed
                         **model_options).to(device)
     if cfg.sync_bn and dist.is_distributed():
         model = dist.convert_sync_batchnorm(model)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, model.parameters())
     # per-class terms (LDAM margins, CB weights) count the training labels the trainer actually has
     loss_fn = build_loss(cfg.loss, data.label_counts(), **cfg.loss_options)
     if cfg.loss == "ce":
@@ -218,6 +264,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
         _validate_names(cfg)
         _check_distributed(cfg)
         run_dir = _check_out_dir(cfg)
+        precision = make_precision(cfg, device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         data = prepare_data(cfg, device)
@@ -251,6 +298,8 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             learner.load_state_dict(ck["learner"])
         gen.set_state(ck["generator"])
         torch.random.set_rng_state(ck["torch_rng"])
+        if precision.scaler is not None and ck.get("scaler"):
+            precision.scaler.load_state_dict(ck["scaler"])
         start_epoch, step, best, elapsed = ck["epoch"], ck["step"], ck["best_test_acc"], ck["elapsed_s"]
     elif main:
         _write_run_header(cfg, run_dir, data, device, groups, group_rule)
@@ -275,7 +324,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             if loss_fn is not None:
                 loss_fn.set_epoch(epoch)  # LDAM's deferred re-weighting
             record = _train_epoch(cfg, model, opt, learner, data, gen, epoch, step, iters, batch, meta_bs, bar,
-                                  loss_fn=loss_fn, tracker=tracker, shards=shards)
+                                  loss_fn=loss_fn, tracker=tracker, shards=shards, precision=precision)
             step += iters
             # per-rank BatchNorm statistics: every rank continues from (and rank 0 saves) their average
             dist.average_buffers_(model)
@@ -291,7 +340,8 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             ck = {"epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                   "learner": learner.state_dict() if learner else None, "generator": gen.get_state(),
                   "torch_rng": torch.random.get_rng_state(), "best_test_acc": best, "elapsed_s": elapsed,
-                  "config": cfg.to_dict(), "tracker": tracker.state_dict() if tracker else None}
+                  "config": cfg.to_dict(), "tracker": tracker.state_dict() if tracker else None,
+                  "scaler": precision.scaler.state_dict() if precision.scaler is not None else None}
             save_checkpoint(run_dir / CHECKPOINT, ck)
             if acc >= best:
                 save_checkpoint(run_dir / "model_best.pt", {"epoch": epoch + 1, "model": model.state_dict()})
@@ -348,13 +398,33 @@ def _train_pseudo_run(cfg: TrainConfig, data: RunData, run_dir: Path, device: to
         bar.close()
 
 
+def _erm_step(model, opt, x, y, loss_fn, precision: Precision) -> torch.Tensor:
+    """One plain step (forward under ``--amp``, scaled backward for float16); returns the (union) mean loss."""
+    with precision.autocast():
+        logits = upcast(logits_of(model(x)), torch.float32)
+        loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y).mean()
+    opt.zero_grad(set_to_none=True)
+    scaler = precision.scaler
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if dist.is_distributed():  # DDP-style: the union batch's mean loss is the mean of the ranks' means
+        (loss,) = dist.reduce_gradients_(model.parameters(), [loss.detach()], mean=True)
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
+    return loss
+
+
 def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iters, batch, meta_bs, bar, loss_fn=None,
-                 tracker=None, shards=(None, None)):
+                 tracker=None, shards=(None, None), precision: Precision | None = None):
     """One epoch; returns its metrics record (floats), syncing only every ``log_every`` steps.
 
     ``shards``: this rank's rows of each training batch and of each meta batch (several processes;
-    every rank draws the same batches from the same generator and keeps its slice).
+    every rank draws the same batches from the same generator and keeps its slice). ``precision``:
+    ``--amp`` (the forward passes and the meta step under autocast; float16's GradScaler).
     """
+    precision = precision or Precision(data.train_x.device)
     rows, meta_rows = shards
     distributed = dist.is_distributed()
     shares: list[torch.Tensor] = []  # per step (weight on clean examples, total weight) of this shard
@@ -363,6 +433,7 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
     perm = torch.randperm(data.train_x.shape[0], generator=gen).to(dev)
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     meta_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    skipped = torch.zeros((), device=dev)  # meta steps skipped for a non-finite meta gradient
     clean_mass = torch.zeros((), device=dev, dtype=torch.float64)
     bad = torch.zeros((), device=dev, dtype=torch.bool)
     stage: dict[str, float] = {}
@@ -372,7 +443,7 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
     windows: list[dict[str, Any]] = []
     t_epoch = time.perf_counter()
     for it in range(iters):
-        lr = lr_at(cfg, epoch, step + it)
+        lr = lr_at(cfg, epoch, step + it, iters)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = perm[it * batch : (it + 1) * batch]
@@ -381,19 +452,16 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
             idx = idx[rows]
         y = data.train_y[idx]
         if learner is None:
-            loss = F.cross_entropy(model(x), y) if loss_fn is None else loss_fn(model(x), y).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if distributed:  # DDP-style: the union batch's mean loss is the mean of the ranks' means
-                (loss,) = dist.reduce_gradients_(model.parameters(), [loss.detach()], mean=True)
-            opt.step()
+            loss = _erm_step(model, opt, x, y, loss_fn, precision)
         else:
             midx = torch.randperm(data.meta_x.shape[0], generator=gen)[:meta_bs].to(dev)
             xm = data.augmenter(data.meta_x[midx], gen, meta_rows)
             if meta_rows is not None:
                 midx = midx[meta_rows]
             ym = data.meta_y[midx]
-            stats = learner.step(x, y, xm, ym)
+            with precision.autocast():
+                stats = learner.step(x, y, xm, ym, scaler=precision.scaler)
+            skipped += stats.meta_skipped
             if tracker is not None and tracker.should_track(step + it + 1):
                 t_track = time.perf_counter()  # tracking is analysis, not training time
                 tracker.record(step + it + 1, epoch + 1, learner, x, y, xm, ym, stats, data.corrupted[idx])
@@ -436,6 +504,7 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
                               "epoch_time_s": epoch_time}
     if learner is not None:
         record["meta_loss"] = float(meta_sum) / iters
+        record["meta_skipped"] = int(skipped)
         record["clean_weight_share"] = float(clean_mass) / iters
         record["stage_time_s"] = {k: v / iters for k, v in stage.items()}
         if gates:
