@@ -3,9 +3,10 @@
 Start with :class:`famus.MetaLearner` for the meta step on any ``nn.Module``.
 """
 
-from famus.meta import ENGINES, METHODS, MetaLearner, StepStats, layers
+from famus.meta import ENGINES, METHODS, MetaLearner, MetaUpdate, StepStats, layers
 from famus.registry import Registry, UnknownNameError
 
 __version__ = "0.1.0"
 
-__all__ = ["ENGINES", "METHODS", "MetaLearner", "StepStats", "layers", "Registry", "UnknownNameError", "__version__"]
+__all__ = ["ENGINES", "METHODS", "MetaLearner", "MetaUpdate", "StepStats", "layers", "Registry", "UnknownNameError",
+           "__version__"]

@@ -3,11 +3,11 @@
 from famus.meta.diagnostics import layer_contributions
 from famus.meta.engines import ENGINES, STAGES, Engine, MetaBatch, MetaResult, build_engine
 from famus.meta.layers import LayerInfo, layer_infos, layers
-from famus.meta.learner import MetaLearner, StepStats
+from famus.meta.learner import MetaLearner, MetaUpdate, StepStats
 from famus.meta.methods import L2R, METHODS, MetaMethod, MWNet, build_method
 
 __all__ = [
     "ENGINES", "STAGES", "Engine", "MetaBatch", "MetaResult", "build_engine",
-    "LayerInfo", "layer_infos", "layers", "MetaLearner", "StepStats",
+    "LayerInfo", "layer_infos", "layers", "MetaLearner", "MetaUpdate", "StepStats",
     "L2R", "METHODS", "MetaMethod", "MWNet", "build_method", "layer_contributions",
 ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import nn
+
+from famus.meta.inputs import Inputs, call
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def _owning_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def _forward_order(model: nn.Module, modules: list[tuple[str, nn.Module]], example: Tensor) -> list[str]:
+def _forward_order(model: nn.Module, modules: list[tuple[str, nn.Module]], example: Inputs) -> list[str]:
     """Names of ``modules`` sorted by the first time each one runs on ``example``."""
     order: list[str] = []
     hooks = []
@@ -56,7 +57,7 @@ def _forward_order(model: nn.Module, modules: list[tuple[str, nn.Module]], examp
     state.update(dict(model.named_parameters()))
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            functional_call(model, state, (example,))
+            call(model, state, example)
     finally:
         for h in hooks:
             h.remove()
@@ -64,12 +65,13 @@ def _forward_order(model: nn.Module, modules: list[tuple[str, nn.Module]], examp
     return order + [m for m, _ in modules if m not in order]
 
 
-def layer_infos(model: nn.Module, example: Tensor | None = None) -> list[LayerInfo]:
+def layer_infos(model: nn.Module, example: Inputs | None = None) -> list[LayerInfo]:
     """Parameterised layers of ``model`` with their parameter names.
 
     Args:
         model: any ``nn.Module``.
-        example: optional input batch ``(B, ...)``; when given, layers are sorted in the
+        example: optional input batch ``(B, ...)`` (or a tuple or dict of such tensors); when given,
+            layers are sorted in the
             order the forward pass first uses them, else in registration order.
     """
     modules = _owning_modules(model)
@@ -92,12 +94,12 @@ def layer_infos(model: nn.Module, example: Tensor | None = None) -> list[LayerIn
     return infos
 
 
-def layers(model: nn.Module, example: Tensor | None = None) -> list[str]:
+def layers(model: nn.Module, example: Inputs | None = None) -> list[str]:
     """The model's layers in forward order: modules that own parameters directly.
 
     Args:
         model: any ``nn.Module`` (conv, linear and norm layers are the usual layers).
-        example: optional input batch ``(B, ...)`` used to trace the true forward order;
+        example: optional input batch ``(B, ...)`` (or a tuple or dict of tensors) used to trace the true forward order;
             without it, registration order is used (the same for ordinary models).
 
     Returns:

@@ -10,10 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from famus import distributed as dist
+from famus.meta import guard, precision
+from famus.meta import inputs as io
 from famus.meta.engines import DEFAULT_ENGINE, STAGES, Engine, MetaBatch, MetaResult, build_engine
 from famus.meta.engines.base import ENGINES, StageTimer
+from famus.meta.inputs import Inputs
 from famus.meta.layers import LayerInfo, layer_infos
 from famus.meta.methods import METHODS, MetaMethod
+from famus.meta.virtual_step import step_sizes, warn_if_unsupported
 
 LAGGED_SUFFIX = "+lagged"
 
@@ -32,6 +36,7 @@ class StepStats:
         gates: layer name -> 0-d tensor, 1.0 where the layer contributed (FaMUS/block/random).
         times: seconds for each of the six stages of the paper's Fig. 1b.
         aux: further detached scalars (``loss_r``, ``loss_g``).
+        meta_skipped: 0-d float, 1.0 when the meta gradient was not finite and was not applied.
     """
 
     weights: Tensor
@@ -40,6 +45,7 @@ class StepStats:
     gates: dict[str, Tensor] | None
     times: dict[str, float]
     aux: dict[str, Tensor] = field(default_factory=dict)
+    meta_skipped: Tensor | None = None
 
     @property
     def iteration_s(self) -> float:
@@ -49,9 +55,98 @@ class StepStats:
         """Plain Python numbers (syncs; call when logging)."""
         out = {"train_loss": float(self.train_loss), "meta_loss": float(self.meta_loss), **self.times}
         out.update({k: float(v) for k, v in self.aux.items()})
+        if self.meta_skipped is not None:
+            out["meta_skipped"] = float(self.meta_skipped)
         if self.gates is not None:
             out["gates"] = {k: float(v) for k, v in self.gates.items()}
         return out
+
+
+class MetaUpdate:
+    """What :meth:`MetaLearner.meta_update` did: Virtual-Train and Meta-Train, the model not yet stepped.
+
+    Your loop then computes the Actual-Train logits, ``loss = update.loss(logits)``, and runs backward,
+    clipping, gradient scaling and the optimizer step. Tensors are detached; nothing is synced.
+
+    Attributes:
+        meta_loss: 0-d, ``L_c`` on the meta batch after the virtual step.
+        virtual_loss: 0-d, the Virtual-Train weighted loss (meta parameters before this update).
+        meta_skipped: 0-d float, 1.0 when the meta gradient was not finite and was not applied.
+        gates: layer name -> 0-d tensor, 1.0 where the layer contributed (FaMUS/block/random).
+        times: seconds for the four meta stages (the Actual-Train ones are 0 here).
+        aux: further detached scalars (``loss_r``, ``loss_g``).
+        virtual_logits: ``(n, C)`` Virtual-Train logits still in their autograd graph, when they can
+            stand in for an Actual-Train forward (``keep_forward``, and no random numbers drawn); else
+            ``None``. :meth:`logits` uses them.
+    """
+
+    def __init__(self, learner: MetaLearner, x: Inputs, y: Tensor, result: MetaResult, skipped: Tensor,
+                 times: dict[str, float]) -> None:
+        self._learner, self._x, self._y, self._result = learner, x, y, result
+        self._weights: Tensor | None = None
+        self.meta_loss = result.meta_loss
+        self.virtual_loss = result.train_loss
+        self.meta_skipped = skipped
+        self.gates = result.gates
+        self.times = times
+        self.aux = result.aux
+        self.virtual_logits = result.virtual_logits if result.virtual_buffers is not None else None
+
+    @property
+    def weights(self) -> Tensor:
+        """``(n,)`` Actual-Train coefficients with the updated meta parameters, detached.
+
+        Computed at the Virtual-Train logits: what :meth:`loss` applies to logits of the same forward
+        (same weights, same batch, no dropout). Engines that return no logits give the Virtual-Train ones.
+        """
+        if self._weights is None:
+            logits = self._result.logits
+            if logits is None:
+                self._weights = self._result.weights
+            else:
+                with torch.no_grad():
+                    self._weights = self.loss_and_weights(logits)[1].detach()
+        return self._weights
+
+    def loss(self, logits: Tensor) -> Tensor:
+        """The method's Actual-Train loss (Eq. 5) on ``logits`` ``(n, C)`` (or an output with ``.logits``).
+
+        Weighted cross-entropy (L2R, MW-Net: ``sum_i c_i L_i`` with the updated meta parameters), the
+        corrected loss (MLC), plus the method's ``regularizer`` where set. Backpropagate it yourself.
+        """
+        return self.loss_and_weights(logits)[0]
+
+    def loss_and_weights(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`loss` and the ``(n,)`` coefficients it used (detached)."""
+        loss, c = self._learner._actual_loss(io.logits_of(logits), self._y, self._result.meta_grads)
+        return loss, c.detach()
+
+    def logits(self) -> Tensor:
+        """The Actual-Train logits ``(n, C)``: the kept Virtual-Train ones, or a fresh ``model(x)``.
+
+        Reusing installs the BatchNorm statistics the Virtual-Train forward produced (they move once,
+        as with a fresh forward). Sets the learner's ``reused_forward``.
+        """
+        learner = self._learner
+        learner.reused_forward = self.virtual_logits is not None
+        if self.virtual_logits is not None:
+            learner._copy_buffers(self._result.virtual_buffers)
+            return self.virtual_logits
+        return io.forward(learner.model, None, self._x)
+
+    def stats(self, train_loss: Tensor, weights: Tensor | None = None,
+              times: dict[str, float] | None = None) -> StepStats:
+        """The :class:`StepStats` of this iteration, given its Actual-Train loss (and weights, stage times)."""
+        extra = times or {}
+        return StepStats(
+            weights=(self.weights if weights is None else weights).detach(),
+            train_loss=train_loss.detach(),
+            meta_loss=self.meta_loss,
+            gates=self.gates,
+            times={s: self.times.get(s, 0.0) + extra.get(s, 0.0) for s in STAGES},
+            aux=self.aux,
+            meta_skipped=self.meta_skipped,
+        )
 
 
 def _init_options(cls: type) -> set[str]:
@@ -86,8 +181,13 @@ class MetaLearner:
 
     Args:
         model: any ``nn.Module`` mapping ``(n, ...)`` inputs to ``(n, C)`` logits. It needs no
-            famus code: the virtual and meta passes use ``torch.func.functional_call``.
-        optimizer: the base model's optimizer; its current learning rate is alpha.
+            famus code: the virtual and meta passes use ``torch.func.functional_call``. Inputs may
+            be a tensor (``model(x)``), a tuple of tensors (``model(*x)``) or a dict of tensors
+            (``model(**x)``, e.g. ``input_ids`` and ``attention_mask``), batch dimension first; the
+            output may be the logits or an object holding them as ``.logits`` (:mod:`famus.meta.inputs`).
+        optimizer: the base model's optimizer. The virtual step follows it: plain SGD at its current
+            learning rate alpha, or for Adam/AdamW ``lr / (sqrt(v_hat) + eps)`` elementwise with its
+            current second moment (see :mod:`famus.meta.virtual_step`; other optimizers: SGD, with a warning).
         method: ``"mwnet"`` or ``"l2r"`` (see ``famus.meta.methods.METHODS``), or a ``MetaMethod``.
         meta_grad: engine name (``"fd"``, the default: the exact meta gradient by one extra forward
             pass; ``"exact"``, ``"famus"``, ``"jvp"``, ``"famus-jvp"``, ``"famus-fd"``, ``"block"``,
@@ -136,6 +236,7 @@ class MetaLearner:
             raise ValueError(f"{type(model).__name__} has no trainable parameters; famus needs a model to train")
         self.model = model
         self.optimizer = optimizer
+        warn_if_unsupported(optimizer)
         if isinstance(meta_grad, str) and meta_grad.endswith(LAGGED_SUFFIX):
             meta_grad, lagged = meta_grad[: -len(LAGGED_SUFFIX)], True
         targets: dict[str, type] = {}
@@ -156,7 +257,8 @@ class MetaLearner:
             )
         self.reuse_forward, self.lagged = bool(reuse_forward), bool(lagged)
         self.reused_forward = False  # whether the last step reused the virtual forward
-        self.device, self.dtype = first.device, first.dtype
+        # the meta model, samplers and meta losses stay in this dtype (float32 for a 16-bit model)
+        self.device, self.dtype = first.device, precision.master_dtype(first.dtype)
         self.method.to(self.device, self.dtype)
         self.generator = torch.Generator().manual_seed(seed)
         self.layer_infos: list[LayerInfo] | None = None
@@ -171,14 +273,14 @@ class MetaLearner:
         """The meta model (MW-Net's weighting MLP), or ``None`` for L2R."""
         return self.method.meta_model
 
-    def _bind(self, x: Tensor) -> None:
+    def _bind(self, x: Inputs) -> None:
         if self.layer_infos is not None:
             return
-        example = x[: min(2, x.shape[0])]
+        example = io.head(x, 2)
         self.layer_infos = layer_infos(self.model, example)
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             state = {**dict(self.model.named_parameters()), **self._buffers()}
-            out = torch.func.functional_call(self.model, state, (example,))
+            out = io.forward(self.model, state, example)
         if out.dim() != 2:
             raise ValueError(f"the model must return (batch, classes) logits, got shape {tuple(out.shape)}")
         self.num_classes = out.shape[1]
@@ -200,22 +302,23 @@ class MetaLearner:
             self._engines[name] = eng
         return self._engines[name]
 
+    def _first_param(self) -> Tensor:
+        return next(self.model.parameters())
+
     def _buffers(self) -> dict[str, Tensor]:
         # clones: BN in train mode writes running stats into whatever it is given
         return {n: b.clone() for n, b in self.model.named_buffers()}
 
-    def _lrs(self) -> dict[str, float]:
-        by_id = {}
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                by_id[id(p)] = group["lr"]
-        return {n: by_id.get(id(p), self.optimizer.param_groups[0]["lr"]) for n, p in self.model.named_parameters()}
+    def _lrs(self) -> dict[str, float | Tensor]:
+        """The virtual step's size per parameter: ``lr``, or Adam's preconditioned ``lr`` (:mod:`.virtual_step`)."""
+        return step_sizes(self.optimizer, dict(self.model.named_parameters()))
 
-    def _validate(self, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor) -> None:
-        for name, t in (("x", x), ("y", y), ("x_meta", x_meta), ("y_meta", y_meta)):
+    def _validate(self, x: Inputs, y: Tensor, x_meta: Inputs, y_meta: Tensor) -> None:
+        for name, t in (("y", y), ("y_meta", y_meta)):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        for xs, ys, what in ((x, y, "training"), (x_meta, y_meta, "meta")):
+        counts = {"x": io.check(x, "x"), "x_meta": io.check(x_meta, "x_meta")}
+        for xn, ys, what in (("x", y, "training"), ("x_meta", y_meta, "meta")):
             soft = what == "training" and ys.dim() == 2 and ys.is_floating_point()
             if ys.dim() != 1 and not soft:
                 raise ValueError(
@@ -223,18 +326,18 @@ class MetaLearner:
                     + (" (or (n, C) float soft targets)" if what == "training" else "")
                     + f", got shape {tuple(ys.shape)}"
                 )
-            if xs.shape[0] != ys.shape[0]:
+            if counts[xn] != ys.shape[0]:
                 raise ValueError(
-                    f"mismatched {what} batch: inputs have {xs.shape[0]} examples but labels have {ys.shape[0]}"
+                    f"mismatched {what} batch: inputs have {counts[xn]} examples but labels have {ys.shape[0]}"
                 )
-            if xs.shape[0] == 0:
+            if counts[xn] == 0:
                 raise ValueError(f"the {what} batch is empty")
             if ys.dtype != torch.long and not soft:
                 raise TypeError(f"{what} labels must be int64 (torch.long), got {ys.dtype}")
         self._bind(x)
         if not self._shards_checked and dist.is_distributed():
             sizes = [None] * dist.world_size()
-            torch.distributed.all_gather_object(sizes, (x.shape[0], x_meta.shape[0]))
+            torch.distributed.all_gather_object(sizes, (io.batch_size(x), io.batch_size(x_meta)))
             if len(set(sizes)) > 1:
                 raise ValueError(f"ranks hold shards of different sizes (training, meta): {sizes}; the union "
                                  "batch's step needs equal shards")
@@ -261,7 +364,7 @@ class MetaLearner:
             x_meta=x_meta,
             y_meta=y_meta,
             method=self.method,
-            theta=theta if theta is not None else self.method.meta_params(x.shape[0], next(self.model.parameters())),
+            theta=theta if theta is not None else self.method.meta_params(io.batch_size(x), self._first_param()),
             layers=self.layer_infos,
             keep_virtual=keep_virtual,
         )
@@ -280,50 +383,101 @@ class MetaLearner:
                 self.model.train(was_training)
 
     # ------------------------------------------------------------------ public API
-    def step(self, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor) -> StepStats:
-        """One meta-learning iteration: Virtual-Train, Meta-Train, Actual-Train.
+    def meta_update(
+        self, x: Inputs, y: Tensor, x_meta: Inputs, y_meta: Tensor, *, keep_forward: bool | None = None
+    ) -> MetaUpdate:
+        """Virtual-Train and Meta-Train (Eq. 3-4), meta model and samplers stepped; the model is not.
+
+        For your own loop: compute logits, ``loss = update.loss(logits)``, then backward, clipping,
+        gradient scaling and the optimizer step as you like (:meth:`step` does exactly that, plainly).
+        A non-finite meta gradient is not applied (``update.meta_skipped`` is 1; L2R's weights are then
+        zero).
 
         Args:
-            x: training inputs ``(n, ...)``; y: noisy labels ``(n,)`` int64.
+            x: training inputs ``(n, ...)`` (a tensor, or a tuple or dict of tensors); y: noisy labels
+                ``(n,)`` int64 (or ``(n, C)`` float soft targets).
             x_meta: meta inputs ``(m, ...)``; y_meta: trusted labels ``(m,)`` int64.
+            keep_forward: keep the Virtual-Train forward's graph so that :meth:`MetaUpdate.logits` can
+                reuse it as the Actual-Train forward (more memory until the update is dropped);
+                default: the learner's ``reuse_forward`` (and not ``lagged``).
         """
         self._validate(x, y, x_meta, y_meta)
         self.model.train()
-        keep = self.reuse_forward and not self.lagged
+        keep = (self.reuse_forward and not self.lagged) if keep_forward is None else bool(keep_forward)
         res: MetaResult = self.engine.compute(self._batch(x, y, x_meta, y_meta, keep_virtual=keep), self.generator)
-        timer = StageTimer(x.device)
+        timer = StageTimer(self.device)
         self._reduce(res)
-        self.method.apply(res.meta_grads)
-        self.engine.apply(res)
+        skipped = self._apply(res)
         timer.mark("meta_backward")  # the meta optimizers' steps belong to Meta-Train
-        self.reused_forward = self.lagged or (res.virtual_logits is not None and res.virtual_buffers is not None)
-        if self.lagged:
-            loss, c = self._lagged_step(res)
-            timer.mark("actual_backward")
-        else:
-            if self.reused_forward:
-                logits = res.virtual_logits
-                self._copy_buffers(res.virtual_buffers)
-            else:
-                logits = self.model(x)
-            loss, c = self.method.actual_loss(logits, y, res.meta_grads)
-            timer.mark("actual_forward")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if dist.is_distributed():  # DDP-style: the union loss is the sum of the ranks' losses
-                (loss,) = dist.reduce_gradients_(self.model.parameters(), [loss.detach()])
-            self.optimizer.step()
-            timer.mark("actual_backward")
-        times = {s: res.times.get(s, 0.0) + timer.times.get(s, 0.0) for s in STAGES}
         self.steps += 1
-        return StepStats(
-            weights=c.detach(),
-            train_loss=loss.detach(),
-            meta_loss=res.meta_loss,
-            gates=res.gates,
-            times=times,
-            aux=res.aux,
-        )
+        times = {s: res.times.get(s, 0.0) + timer.times.get(s, 0.0) for s in STAGES}
+        return MetaUpdate(self, x, y, res, skipped, times)
+
+    def _apply(self, res: MetaResult) -> Tensor:
+        """The meta-optimizer and sampler steps (Eq. 4), skipped where the meta gradient is not finite.
+
+        Returns:
+            0-d float, 1.0 when skipped. ``res.meta_grads`` are zeroed then (no NaN reaches Actual-Train).
+        """
+        grads = [*res.meta_grads.values(), *(res.sampler_grads or {}).values()]
+        ok = guard.all_finite(grads, self._first_param())
+        if dist.is_distributed():  # L2R's per-example slices differ by rank: skip on all of them or none
+            (share,) = dist.mean_over_ranks([ok.to(self.dtype)])
+            ok = share == 1
+        res.meta_grads = guard.zero_where_not(ok, res.meta_grads)
+        if res.sampler_grads:
+            res.sampler_grads = guard.zero_where_not(ok, res.sampler_grads)
+        optimizers = [o for o in (self.method.meta_optimizer, *self.engine.optimizers()) if o is not None]
+
+        def steps() -> None:
+            self.method.apply(res.meta_grads)
+            self.engine.apply(res)
+
+        guard.guarded(optimizers, ok, steps)
+        return (~ok).to(torch.float32)
+
+    def step(self, x: Inputs, y: Tensor, x_meta: Inputs, y_meta: Tensor, *,
+             scaler: torch.amp.GradScaler | None = None) -> StepStats:
+        """One meta-learning iteration: :meth:`meta_update`, then Actual-Train (Eq. 5).
+
+        Actual-Train: the method's loss on the Actual-Train logits (the reused Virtual-Train forward
+        where possible), ``zero_grad``, backward and the optimizer step.
+
+        Args:
+            x: training inputs ``(n, ...)`` (a tensor, or a tuple or dict of tensors); y: noisy labels ``(n,)`` int64.
+            x_meta: meta inputs ``(m, ...)``; y_meta: trusted labels ``(m,)`` int64.
+            scaler: a ``torch.amp.GradScaler`` (float16 autocast): the backward and the optimizer step go
+                through it (not in lagged mode, whose gradient comes from Virtual-Train unscaled).
+        """
+        update = self.meta_update(x, y, x_meta, y_meta)
+        timer = StageTimer(self.device)
+        if self.lagged:
+            loss, c = self._lagged_step(update._result)
+            self.reused_forward = True
+        else:
+            logits = update.logits()
+            loss, c = update.loss_and_weights(logits)
+            timer.mark("actual_forward")
+            loss = self._actual_step(loss, scaler)
+        timer.mark("actual_backward")
+        return update.stats(loss, c, timer.times)
+
+    def _actual_step(self, loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
+        """``zero_grad``, backward, the optimizer step; returns the (union batch's) loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if dist.is_distributed():  # DDP-style: the union loss is the sum of the ranks' losses
+            (loss,) = dist.reduce_gradients_(self.model.parameters(), [loss.detach()])
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
+        return loss
+
+    def _actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The method's Actual-Train loss and coefficients ``(n,)`` on ``logits``."""
+        return precision.actual_loss(self.method, logits, y, meta_grads, self.dtype)
 
     def _reduce(self, res: MetaResult) -> None:
         """In a process group: the union batch's meta gradients and meta loss, from the ranks' parts.
@@ -416,8 +570,8 @@ class MetaLearner:
                 if unknown:
                     raise ValueError(f"unknown meta parameters {sorted(unknown)}; valid: {sorted(theta)}")
                 theta.update(meta_params)
-            logits = torch.func.functional_call(self.model, {**batch.params, **batch.buffers}, (x,))
-            loss, _ = self.method.loss(logits, y, theta)
+            logits = io.forward(self.model, {**batch.params, **batch.buffers}, x)
+            loss, _ = precision.method_loss(self.method, logits, y, theta, self.dtype)
             names = list(batch.params)
             grads = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True)
             grads = dist.sum_over_ranks(grads)  # the union batch's gradient (process group)
@@ -425,8 +579,8 @@ class MetaLearner:
                 w_hat = {
                     n: p if g is None else p - batch.lrs[n] * g for n, p, g in zip(names, batch.params.values(), grads)
                 }
-                out = torch.func.functional_call(self.model, {**w_hat, **batch.buffers}, (x_meta,))
-                (value,) = dist.mean_over_ranks([torch.nn.functional.cross_entropy(out, y_meta)])
+                out = io.forward(self.model, {**w_hat, **batch.buffers}, x_meta)
+                (value,) = dist.mean_over_ranks([precision.meta_ce(out, y_meta, self.dtype)])
                 return float(value)
 
     def state_dict(self) -> dict:

@@ -149,8 +149,8 @@ def make_meta_optimizer(
     """The meta optimizer: ``spec`` is ``"adam"``, ``"sgd"`` or a callable ``params -> Optimizer``."""
     if callable(spec):
         return spec(params)
-    if spec == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if spec == "adam":  # capturable on CUDA: its step counter lives on the GPU (famus.meta.guard needs no sync)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, capturable=any(p.is_cuda for p in params))
     if spec == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
     raise ValueError(f"unknown meta_optimizer {spec!r}; valid: 'adam', 'sgd' or a callable")

@@ -12,7 +12,8 @@ the forward pass from the middle.
 Linear(in_features=64, out_features=10, bias=True)
 
 ``build_model`` also takes ``"package.module:function"`` for your own factory,
-called as ``function(num_classes=..., in_channels=..., **kwargs)``.
+called as ``function(num_classes=..., in_channels=..., **kwargs)``, or with timm's
+``in_chans=...`` when the factory takes that (e.g. ``"timm.models.resnet:resnet18"``).
 """
 
 from __future__ import annotations
@@ -108,34 +109,46 @@ def _import_factory(spec: str) -> ModelFactory:
     return obj
 
 
-def _accepts(fn: Callable[..., Any], name: str) -> bool | None:
-    """Whether ``fn`` takes keyword ``name`` (``None`` when its signature is unknown)."""
+CHANNEL_KEYWORDS = ("in_channels", "in_chans")  # ours, and timm's
+
+
+def _channel_keywords(fn: Callable[..., Any]) -> list[str | None]:
+    """The keywords to pass the channel count under, in the order to try them (``None``: without one).
+
+    A factory naming ``in_channels`` or timm's ``in_chans`` gets that one; one taking only ``**kwargs``
+    (timm's model functions pass them on to the model class) or with an unknown signature is tried
+    with ``in_channels``, then ``in_chans``, then without; one naming neither is called without.
+    """
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return None
+        return [*CHANNEL_KEYWORDS, None]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = [k for k in CHANNEL_KEYWORDS if k in params and params[k].kind in kinds]
+    if named:
+        return named[:1]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return True
-    p = params.get(name)
-    return p is not None and p.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.KEYWORD_ONLY,
-    )
+        return [*CHANNEL_KEYWORDS, None]
+    return [None]
 
 
 def _call_user_factory(
     factory: ModelFactory, num_classes: int, in_channels: int, kwargs: dict[str, Any]
 ) -> nn.Module:
-    """Call with ``in_channels`` when the factory takes it, otherwise without."""
-    accepts = _accepts(factory, "in_channels")
-    if accepts is False:
-        return factory(num_classes=num_classes, **kwargs)
-    try:
-        return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    except TypeError as e:
-        if accepts is None and "in_channels" in str(e):
-            return factory(num_classes=num_classes, **kwargs)
-        raise
+    """Call with the channel count under the keyword the factory takes (``in_channels`` or ``in_chans``).
+
+    A keyword that fails with a ``TypeError`` naming it moves on to the next candidate; any other
+    error is the factory's own and propagates. A channel keyword in ``kwargs`` is passed as given.
+    """
+    options = [None] if set(CHANNEL_KEYWORDS) & set(kwargs) else _channel_keywords(factory)
+    *first, last = options  # None (no channel keyword) can only come last
+    for key in first:
+        try:
+            return factory(num_classes=num_classes, **{key: in_channels}, **kwargs)
+        except TypeError as e:
+            if key not in str(e):
+                raise
+    return factory(num_classes=num_classes, **({} if last is None else {last: in_channels}), **kwargs)
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
@@ -144,8 +157,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any
     Args:
         name: a registered name (see ``MODELS.names()``: ``"resnet32"``, ``"wrn-28-10"``,
             ``"small-resnet"``, ...), or ``"package.module:function"`` naming your own factory,
-            which is called as ``function(num_classes=..., in_channels=..., **kwargs)`` (without
-            ``in_channels`` if it does not take it) and must return an ``nn.Module``.
+            which is called as ``function(num_classes=..., in_channels=..., **kwargs)`` (timm-style
+            factories get ``in_chans=...`` instead; without either if it takes neither) and must
+            return an ``nn.Module``.
         num_classes: number of output logits.
         in_channels: input image channels (1 for MNIST-like data, 3 for CIFAR).
         **kwargs: extra factory arguments (e.g. ``depth``/``widen_factor``/``dropout`` for ``"wrn"``).

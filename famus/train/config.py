@@ -18,6 +18,10 @@ import yaml
 
 from famus.meta.engines.base import DEFAULT_ENGINE
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+AMP = (None, "bf16", "fp16")
+
 
 @dataclass
 class TrainConfig:
@@ -52,13 +56,17 @@ class TrainConfig:
     # optimisation
     epochs: int = 10
     batch_size: int = 100
+    optimizer: str = "sgd"  # sgd or adamw; the virtual step follows it (famus.meta.virtual_step)
     lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    weight_decay: float = 5e-4  # sgd: L2; adamw: decoupled
+    schedule: str = "step"  # step (lr * gamma^milestones passed) or cosine (lr to 0 over the run)
+    lr_warmup_epochs: float = 0.0  # linear warm-up of the lr over this many epochs (fractions allowed), then schedule
     milestones: list[int] = field(default_factory=list)  # lr /= 1/gamma at these points
     milestone_unit: str = "epoch"  # epoch or iter
     gamma: float = 0.1
+    amp: str | None = None  # mixed precision: None (float32), bf16, or fp16 (CUDA only, with a GradScaler)
     # run
     seed: int = 1
     out: str = "runs/run"
@@ -121,6 +129,7 @@ class TrainConfig:
             raise ValueError(f"method {self.method!r} needs a meta set: pass --meta-per-class k > 0")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        self._validate_optimisation()
         if self.milestone_unit not in ("epoch", "iter"):
             raise ValueError(f"milestone_unit must be 'epoch' or 'iter', got {self.milestone_unit!r}")
         if self.metrics_format not in ("jsonl", "csv"):
@@ -130,6 +139,17 @@ class TrainConfig:
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         return self
+
+    def _validate_optimisation(self) -> None:
+        """Optimizer, schedule and precision choices."""
+        for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("amp", AMP)):
+            if getattr(self, key) not in valid:
+                shown = ", ".join("null" if v is None else v for v in valid)
+                raise ValueError(f"{key} must be one of {shown}, got {getattr(self, key)!r}")
+        if not 0 <= self.lr_warmup_epochs <= self.epochs:
+            raise ValueError(f"lr_warmup_epochs must be in [0, epochs={self.epochs}], got {self.lr_warmup_epochs}")
+        if self.meta_set == "pseudo" and (self.amp or self.schedule != "step" or self.lr_warmup_epochs):
+            raise ValueError("--meta-set pseudo does not take --amp, --schedule cosine or --lr-warmup-epochs yet")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,6 +10,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from famus.atomic import atomic_write_text
 from famus.data import NOISE, save_noisy_labels
 from famus.losses import LOSSES, build_loss
 from famus.meta import ENGINES, METHODS, MetaLearner
+from famus.meta.inputs import logits_of
+from famus.meta.precision import upcast
 from famus.models import MODELS, build_model
 from famus.train.checkpoint import BEST, CHECKPOINT, CheckpointSchedule, CorruptFileError, save_checkpoint
 from famus.train.config import TrainConfig, from_dict, load_config
@@ -119,10 +122,54 @@ def group_accuracy(per_class: torch.Tensor, groups: dict[str, list[int]]) -> dic
     return {g: round(float(per_class[groups[g]].mean()), 6) if groups[g] else None for g in GROUPS}
 
 
-def lr_at(cfg: TrainConfig, epoch: int, step: int) -> float:
-    """Step schedule: ``lr * gamma^(milestones passed)``, milestones in epochs or iterations."""
+def lr_at(cfg: TrainConfig, epoch: int, step: int, iters: int) -> float:
+    """The learning rate of iteration ``step`` (0-based; ``iters`` per epoch).
+
+    A linear warm-up ``lr * (step + 1) / W`` over the first ``W = round(lr_warmup_epochs * iters)``
+    iterations, then the schedule: ``step``, ``lr * gamma^(milestones passed)`` with milestones in
+    epochs or iterations; or ``cosine``, ``lr * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 after the
+    warm-up to 1 at the end of the run (never reaching 0: ``t < 1`` at the last iteration).
+    """
+    warm = round(cfg.lr_warmup_epochs * iters)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "cosine":
+        t = (step - warm) / max(cfg.epochs * iters - warm, 1)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
     point = epoch if cfg.milestone_unit == "epoch" else step
     return cfg.lr * cfg.gamma ** sum(point >= m for m in cfg.milestones)
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """``--optimizer``: SGD (momentum, Nesterov, L2 weight decay) or AdamW (decoupled weight decay)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Precision:
+    """A run's ``--amp``: the autocast dtype (``None``: float32) and, for float16, the GradScaler."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self):
+        """The forward (and meta step) context: ``torch.autocast`` or nothing."""
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+
+def make_precision(cfg: TrainConfig, device: torch.device) -> Precision:
+    """``--amp``: bf16 autocast on any device; fp16 autocast plus a GradScaler on CUDA only."""
+    if cfg.amp is None:
+        return Precision(device)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device (it trains with a GradScaler); on the CPU use --amp bf16")
+    if cfg.amp == "fp16":
+        return Precision(device, torch.float16, torch.amp.GradScaler("cuda"))
+    return Precision(device, torch.bfloat16)
 
 
 @torch.no_grad()
@@ -140,7 +187,7 @@ def evaluate(model: torch.nn.Module, data: RunData, batch_size: int) -> tuple[fl
         end = min(i + batch_size, n * (r + 1) // w)
         x = data.augmenter.normalize(data.test_x[i:end])
         y = data.test_y[i:end]
-        hit = (model(x).argmax(1) == y).float()
+        hit = (logits_of(model(x)).argmax(1) == y).float()
         correct.index_add_(0, y, hit)
     (correct,) = dist.sum_over_ranks([correct])
     model.train(was)
@@ -157,7 +204,7 @@ def _coerce(cfg: TrainConfig | dict | str | Path) -> TrainConfig:
 
 
 def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed_offset: int = 0):
-    """Model, SGD optimizer, per-example loss (``None`` = plain CE) and meta learner (``None`` for ERM).
+    """Model, optimizer (``--optimizer``), per-example loss (``None`` = plain CE) and meta learner (``None`` for ERM).
 
     ``seed_offset`` gives a second network its own initialization (pseudo-clean co-training).
     """
@@ -169,8 +216,7 @@ def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed
                         **model_options).to(device)
     if cfg.sync_bn and dist.is_distributed():
         model = dist.convert_sync_batchnorm(model)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, model.parameters())
     # per-class terms (LDAM margins, CB weights) count the training labels the trainer actually has
     loss_fn = build_loss(cfg.loss, data.label_counts(), **cfg.loss_options)
     if cfg.loss == "ce":
@@ -234,6 +280,7 @@ class EpochPosition:
     meta_sum: torch.Tensor
     clean_mass: torch.Tensor
     bad: torch.Tensor  # a NaN or inf loss not yet reported
+    skipped: torch.Tensor  # meta steps skipped for a non-finite meta gradient
     stage: dict[str, float] = field(default_factory=dict)  # stage times (s)
     gates: dict[str, torch.Tensor] = field(default_factory=dict)  # FaMUS gate counts
     time_s: float = 0.0  # training time of the epoch so far
@@ -246,25 +293,27 @@ class EpochPosition:
         def zero() -> torch.Tensor:
             return torch.zeros((), device=perm.device, dtype=torch.float64)
 
-        return cls(perm, 0, zero(), zero(), zero(), torch.zeros((), device=perm.device, dtype=torch.bool))
+        return cls(perm, 0, zero(), zero(), zero(), torch.zeros((), device=perm.device, dtype=torch.bool), zero())
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors, numbers and plain containers (a checkpoint's ``position``)."""
         return {"iteration": self.it, "perm": self.perm.cpu(), "loss_sum": self.loss_sum.cpu(),
                 "meta_sum": self.meta_sum.cpu(), "clean_mass": self.clean_mass.cpu(), "bad": self.bad.cpu(),
-                "stage": dict(self.stage), "gates": {k: v.cpu() for k, v in self.gates.items()},
-                "time_s": self.time_s, "quality": self.quality, "windows": list(self.windows)}
+                "skipped": self.skipped.cpu(), "stage": dict(self.stage),
+                "gates": {k: v.cpu() for k, v in self.gates.items()}, "time_s": self.time_s,
+                "quality": self.quality, "windows": list(self.windows)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device | str) -> EpochPosition:
         """The position saved by :meth:`state_dict`, its tensors on ``device``."""
-        return cls(state["perm"].to(device), int(state["iteration"]), state["loss_sum"].to(device),
-                   state["meta_sum"].to(device), state["clean_mass"].to(device), state["bad"].to(device),
-                   dict(state["stage"]), {k: v.to(device) for k, v in state["gates"].items()}, float(state["time_s"]),
-                   state.get("quality"), list(state.get("windows", [])))
+        t = {k: state[k].to(device) for k in ("perm", "loss_sum", "meta_sum", "clean_mass", "bad", "skipped")}
+        return cls(t["perm"], int(state["iteration"]), t["loss_sum"], t["meta_sum"], t["clean_mass"], t["bad"],
+                   t["skipped"], dict(state["stage"]), {k: v.to(device) for k, v in state["gates"].items()},
+                   float(state["time_s"]), state.get("quality"), list(state.get("windows", [])))
 
 
-def _restore(ck: dict[str, Any], path: Path, model, opt, learner, gen, data: RunData, iters: int):
+def _restore(ck: dict[str, Any], path: Path, model, opt, learner, gen, data: RunData, iters: int,
+             precision: Precision | None = None):
     """Load ``ck`` into the run's objects; returns ``(epoch, steps done, best, elapsed, position)``.
 
     Raises:
@@ -277,6 +326,8 @@ def _restore(ck: dict[str, Any], path: Path, model, opt, learner, gen, data: Run
             learner.load_state_dict(ck["learner"])
         gen.set_state(ck["generator"])
         torch.random.set_rng_state(ck["torch_rng"])
+        if precision is not None and precision.scaler is not None and ck.get("scaler"):
+            precision.scaler.load_state_dict(ck["scaler"])
         position = None
         if ck.get("position") is not None:
             position = EpochPosition.from_state(ck["position"], data.train_x.device)
@@ -299,6 +350,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
         ck = resume_checkpoint(cfg, run_dir) if cfg.resume else None
         if ck is not None and ck.get("position") is not None and dist.world_size() > 1:
             raise ValueError(f"{run_dir / CHECKPOINT} was written mid-epoch, which resumes on one process only")
+        precision = make_precision(cfg, device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         data = prepare_data(cfg, device)
@@ -326,7 +378,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     start_epoch, done, best, elapsed, position = 0, 0, 0.0, 0.0, None
     if ck is not None:
         start_epoch, done, best, elapsed, position = _restore(ck, run_dir / CHECKPOINT, model, opt, learner, gen,
-                                                              data, iters)
+                                                              data, iters, precision)
     step = done - (position.it if position is not None else 0)  # steps before the epoch in progress
     if main:
         start_run_folder(cfg, run_dir, data, device, ck is not None, done, groups, group_rule)
@@ -352,7 +404,8 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "learner": learner.state_dict() if learner else None, "generator": gen.get_state(),
             "torch_rng": torch.random.get_rng_state(), "best_test_acc": best, "elapsed_s": elapsed,
-            "config": cfg.to_dict(), "tracker": tracker.state_dict() if tracker else None})
+            "config": cfg.to_dict(), "tracker": tracker.state_dict() if tracker else None,
+            "scaler": precision.scaler.state_dict() if precision.scaler is not None else None})
         if schedule is not None:
             schedule.written()
 
@@ -366,7 +419,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             record = _train_epoch(cfg, model, opt, learner, data, gen, epoch, step, iters, batch, meta_bs, bar,
                                   loss_fn=loss_fn, tracker=tracker, shards=shards,
                                   position=position if epoch == start_epoch else None, schedule=schedule,
-                                  checkpoint=save)
+                                  checkpoint=save, precision=precision)
             step += iters
             # per-rank BatchNorm statistics: every rank continues from (and rank 0 saves) their average
             dist.average_buffers_(model)
@@ -462,10 +515,29 @@ def _check_finite(bad: torch.Tensor, cfg: TrainConfig, epoch: int, step: int) ->
                             f"stopped. The last good checkpoint is kept in {cfg.out}; try a lower --lr")
 
 
+def _erm_step(model, opt, x, y, loss_fn, precision: Precision) -> torch.Tensor:
+    """One plain step (forward under ``--amp``, scaled backward for float16); returns the (union) mean loss."""
+    with precision.autocast():
+        logits = upcast(logits_of(model(x)), torch.float32)
+        loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y).mean()
+    opt.zero_grad(set_to_none=True)
+    scaler = precision.scaler
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if dist.is_distributed():  # DDP-style: the union batch's mean loss is the mean of the ranks' means
+        (loss,) = dist.reduce_gradients_(model.parameters(), [loss.detach()], mean=True)
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
+    return loss
+
+
 def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iters, batch, meta_bs, bar, loss_fn=None,
                  tracker=None, shards=(None, None), position: EpochPosition | None = None,
                  schedule: CheckpointSchedule | None = None,
-                 checkpoint: Callable[[int, int, EpochPosition], None] | None = None):
+                 checkpoint: Callable[[int, int, EpochPosition], None] | None = None,
+                 precision: Precision | None = None):
     """One epoch, or its rest from ``position``; returns its metrics record (floats), syncing only
     every ``log_every`` steps.
 
@@ -473,7 +545,9 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
     every rank draws the same batches from the same generator and keeps its slice).
     ``schedule``: after a step it marks as due (and not the epoch's last), ``checkpoint(epoch,
     steps done, position)`` writes a mid-epoch checkpoint; its time is not training time.
+    ``precision``: ``--amp`` (the forward passes and the meta step under autocast; float16's GradScaler).
     """
+    precision = precision or Precision(data.train_x.device)
     rows, meta_rows = shards
     distributed = dist.is_distributed()
     shares: list[torch.Tensor] = []  # per step (weight on clean examples, total weight) of this shard
@@ -486,9 +560,9 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
     if quality is not None and pos.quality is not None:
         quality.load_state_dict(pos.quality)
     t_epoch = time.perf_counter() - pos.time_s
-    lr = lr_at(cfg, epoch, step + pos.it)
+    lr = lr_at(cfg, epoch, step + pos.it, iters)
     for it in range(pos.it, iters):
-        lr = lr_at(cfg, epoch, step + it)
+        lr = lr_at(cfg, epoch, step + it, iters)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = perm[it * batch : (it + 1) * batch]
@@ -497,19 +571,16 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
             idx = idx[rows]
         y = data.train_y[idx]
         if learner is None:
-            loss = F.cross_entropy(model(x), y) if loss_fn is None else loss_fn(model(x), y).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if distributed:  # DDP-style: the union batch's mean loss is the mean of the ranks' means
-                (loss,) = dist.reduce_gradients_(model.parameters(), [loss.detach()], mean=True)
-            opt.step()
+            loss = _erm_step(model, opt, x, y, loss_fn, precision)
         else:
             midx = torch.randperm(data.meta_x.shape[0], generator=gen)[:meta_bs].to(dev)
             xm = data.augmenter(data.meta_x[midx], gen, meta_rows)
             if meta_rows is not None:
                 midx = midx[meta_rows]
             ym = data.meta_y[midx]
-            stats = learner.step(x, y, xm, ym)
+            with precision.autocast():
+                stats = learner.step(x, y, xm, ym, scaler=precision.scaler)
+            pos.skipped += stats.meta_skipped
             if tracker is not None and tracker.should_track(step + it + 1):
                 t_track = time.perf_counter()  # tracking is analysis, not training time
                 tracker.record(step + it + 1, epoch + 1, learner, x, y, xm, ym, stats, data.corrupted[idx])
@@ -558,6 +629,7 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
                               "time_per_iter_s": epoch_time / iters, "epoch_time_s": epoch_time}
     if learner is not None:
         record["meta_loss"] = float(pos.meta_sum) / iters
+        record["meta_skipped"] = int(pos.skipped)
         record["clean_weight_share"] = float(clean_mass) / iters
         record["stage_time_s"] = {k: v / iters for k, v in pos.stage.items()}
         if pos.gates:

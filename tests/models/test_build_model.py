@@ -34,6 +34,25 @@ class Factories:
         return nn.Linear(3, num_classes)
 
 
+class TimmStyleNet(nn.Module):
+    """A timm-style model class: the channel count is ``in_chans``."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, width: int = 4) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.net = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def timm_style_factory(pretrained: bool = False, **kwargs: object) -> nn.Module:
+    """Like ``timm.models.resnet.resnet18``: every option passed on to the model class."""
+    assert not pretrained
+    return TimmStyleNet(**kwargs)
+
+
 def test_registered_names() -> None:
     expected = {
         "small-resnet",
@@ -65,6 +84,15 @@ def test_user_factory_without_in_channels() -> None:
 def test_dotted_attribute_and_var_kwargs() -> None:
     model = build_model(f"{__name__}:Factories.make", num_classes=6, in_channels=3)
     assert model.out_features == 6
+
+
+@pytest.mark.parametrize("name", ["timm_style_factory", "TimmStyleNet"])
+def test_timm_style_factories_get_in_chans(name: str) -> None:
+    """A factory passing ``**kwargs`` on (timm's model functions) and a class naming ``in_chans``."""
+    model = build_model(f"{__name__}:{name}", num_classes=5, in_channels=1, width=6)
+    assert model.in_chans == 1 and model(torch.randn(2, 1, 4, 4)).shape == (2, 5)
+    with pytest.raises(TypeError, match="bogus"):  # the factory's own errors still propagate
+        build_model(f"{__name__}:{name}", num_classes=5, in_channels=1, bogus=1)
 
 
 def test_spec_pointing_into_the_zoo() -> None:

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from famus.meta.inputs import Inputs
 from famus.meta.layers import LayerInfo
 from famus.meta.methods import MetaMethod
+from famus.meta.precision import full_precision, master_dtype
 from famus.registry import Registry
 
 ENGINES: Registry[type[Engine]] = Registry("engine")
@@ -57,8 +59,11 @@ class MetaBatch:
         model: the base model (its live parameters are in ``params``).
         params: parameter name -> live parameter (requires grad).
         buffers: buffer name -> CLONED buffer; engines may let BN write into them.
-        lrs: parameter name -> virtual-step learning rate alpha.
-        x, y: training batch ``(n, ...)``, ``(n,)``.
+        lrs: parameter name -> the virtual step's size: ``w_hat = w - lrs[name] * g``. A number (alpha,
+            the learning rate: SGD) or a tensor of the parameter's shape (elementwise, e.g. Adam's
+            preconditioned ``lr / (sqrt(v_hat) + eps)``); a constant for theta either way.
+        x, y: training batch ``(n, ...)`` (a tensor, or a tuple or dict of tensors: see
+            :mod:`famus.meta.inputs`), ``(n,)``.
         x_meta, y_meta: meta batch ``(m, ...)``, ``(m,)``.
         method: the meta-learning method.
         theta: meta parameters (leaf tensors) the meta gradient is taken for.
@@ -70,15 +75,30 @@ class MetaBatch:
     model: nn.Module
     params: dict[str, Tensor]
     buffers: dict[str, Tensor]
-    lrs: dict[str, float]
-    x: Tensor
+    lrs: dict[str, float | Tensor]
+    x: Inputs
     y: Tensor
-    x_meta: Tensor
+    x_meta: Inputs
     y_meta: Tensor
     method: MetaMethod
     theta: dict[str, Tensor]
     layers: list[LayerInfo]
     keep_virtual: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        """The model's device."""
+        return next(iter(self.params.values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the meta step computes in: the parameters' (float32 for 16-bit ones, see :mod:`.precision`)."""
+        return master_dtype(next(iter(self.params.values())).dtype)
+
+    def one(self) -> Tensor:
+        """A 0-d ``1.0`` in the model's dtype, on its device (a pinned layer's gate)."""
+        p = next(iter(self.params.values()))
+        return torch.ones((), dtype=p.dtype, device=p.device)
 
 
 @dataclass
@@ -106,6 +126,8 @@ class MetaResult:
             statistics an Actual-Train forward on the same batch would produce).
         train_grads: parameter name -> detached Virtual-Train gradient ``grad_w sum_i c_i L_i`` at the
             old meta parameters (what the lagged mode steps with); ``None`` for unused parameters.
+        logits: ``(n, C)`` Virtual-Train logits, detached (always set by famus's engines): the learner
+            computes the Actual-Train weights at them for :attr:`MetaUpdate.weights`.
     """
 
     meta_grads: dict[str, Tensor]
@@ -119,6 +141,7 @@ class MetaResult:
     virtual_logits: Tensor | None = None
     virtual_buffers: dict[str, Tensor] | None = None
     train_grads: dict[str, Tensor | None] | None = None
+    logits: Tensor | None = None
 
 
 class Engine:
@@ -152,6 +175,10 @@ class Engine:
 
     def parameters(self) -> list[Tensor]:
         """Learned parameters of the engine (FaMUS samplers), if any."""
+        return []
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers :meth:`apply` steps (FaMUS's sampler SGD), if any: a skipped step is undone on them."""
         return []
 
     def state_dict(self) -> dict:
@@ -192,6 +219,8 @@ def run_gates(gate_fn, grads: dict[str, Tensor | None]):
     """
     if gate_fn is None:
         return {}, None, {}, {}
-    gates, extra, sampler_params = gate_fn(grads)
+    device = next(g for g in grads.values() if g is not None).device
+    with full_precision(device):  # samplers and Gumbel noise in full precision (famus.meta.precision)
+        gates, extra, sampler_params = gate_fn(grads)
     hard = dict(zip(gates, torch.stack([g.detach() for g in gates.values()]).tolist())) if gates else {}
     return gates, extra, sampler_params, hard

@@ -12,7 +12,9 @@ import warnings
 import torch
 from torch import Tensor
 
+from famus.meta import inputs as io
 from famus.meta.engines.staging import Stages
+from famus.meta.inputs import Inputs
 
 
 def default_fd_eps(dtype: torch.dtype, scheme: str = "central") -> float:
@@ -37,7 +39,7 @@ def default_fd_eps(dtype: torch.dtype, scheme: str = "central") -> float:
 
 
 def jvp_logits(
-    stages: Stages, params: dict[str, Tensor], buffers: dict[str, Tensor], h: Tensor, start: int,
+    stages: Stages, params: dict[str, Tensor], buffers: dict[str, Tensor], h: Inputs, start: int,
     direction: dict[str, Tensor],
 ) -> Tensor:
     """``J d``: the logits' forward-mode derivative along ``direction``, from stage ``start``.
@@ -45,7 +47,8 @@ def jvp_logits(
     Args:
         params: global name -> detached parameter (at w).
         buffers: buffer values to start from (cloned inside: BN writes into them).
-        h: ``(B, ...)`` detached input of stage ``start``; ``direction`` is zero below it.
+        h: ``(B, ...)`` detached input of stage ``start`` (stage 0: the model's input, possibly a tuple
+            or dict of tensors); ``direction`` is zero below it.
         direction: parameter name -> tangent (same shape as the parameter).
 
     Returns:
@@ -62,7 +65,7 @@ def jvp_logits(
         # clones made inside the transform: BN's in-place running-stat update on a captured
         # tensor is an error under torch.func, and these values are thrown away anyway; h is
         # cloned for a stage that writes into its input (it must not change the cache)
-        return stages.run(state, {n: b.clone() for n, b in buf.items()}, h.clone(), start)
+        return stages.run(state, {n: b.clone() for n, b in buf.items()}, io.tree_map(Tensor.clone, h), start)
 
     with warnings.catch_warnings():  # torch's own jvp decompositions still call torch.jit.script
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
@@ -71,7 +74,7 @@ def jvp_logits(
 
 
 def fd_logits(
-    stages: Stages, params: dict[str, Tensor], buffers: dict[str, Tensor], h: Tensor, start: int,
+    stages: Stages, params: dict[str, Tensor], buffers: dict[str, Tensor], h: Inputs, start: int,
     direction: dict[str, Tensor], eps: float, before_pass=None, base_logits: Tensor | None = None,
 ) -> Tensor:
     """``J d`` by a central difference ``(f(w + s d) - f(w - s d)) / (2 s)``, from stage ``start``.
@@ -99,14 +102,14 @@ def fd_logits(
     with torch.no_grad():
         d_norm = torch.sqrt(sum((d.double() ** 2).sum() for d in direction.values()))
         w_norm = torch.sqrt(sum((base[n].double() ** 2).sum() for n in direction))
-        step = (eps * w_norm.clamp_min(1.0) / d_norm.clamp_min(1e-300)).to(h.dtype)
+        step = (eps * w_norm.clamp_min(1.0) / d_norm.clamp_min(1e-300)).to(next(iter(direction.values())).dtype)
         outs = []
         for sign in (1.0,) if base_logits is not None else (1.0, -1.0):
             if before_pass is not None:
                 before_pass()
             state = dict(base)
             state.update({n: base[n] + (sign * step) * d for n, d in direction.items()})
-            outs.append(stages.run(state, {n: b.clone() for n, b in buf.items()}, h.clone(), start))
+            outs.append(stages.run(state, {n: b.clone() for n, b in buf.items()}, io.tree_map(Tensor.clone, h), start))
         if base_logits is not None:
             return (outs[0] - base_logits.detach()) / step
         return (outs[0] - outs[1]) / (2 * step)

@@ -6,6 +6,9 @@ and ``g(theta) = grad_w l = J^T grad_z l`` (``J = dz/dw``). With ``w_hat = w - a
     dL_c/dtheta = d/dtheta < d, g(theta) > = d/dtheta < grad_z l(z, theta), J d >,
     d = -alpha * v,  v = dL_c/dw_hat (first order, at w_hat; v and J d are constants for theta).
 
+``alpha`` is the virtual step's size per parameter (``batch.lrs``): a number (SGD) or a tensor applied
+elementwise (Adam's preconditioned step, :mod:`famus.meta.virtual_step`); ``d = -alpha * v`` either way.
+
 ``J d`` is one forward-mode JVP of the logits (``jvp``, exact) or a central difference of two
 forward passes (``fd``); ``grad_z l`` with ``create_graph`` only goes through the tiny loss head.
 This holds for any method whose loss is a function of logits and theta (L2R, MW-Net, MLC).
@@ -27,14 +30,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from famus import distributed as dist
+from famus.meta import inputs as io
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
 from famus.meta.engines.derivative import default_fd_eps, fd_logits, jvp_logits
 from famus.meta.engines.second_order import GateFn, grad_match_loss
 from famus.meta.engines.staging import Stages, Trace, rng_state, same_rng_state, set_rng_state
+from famus.meta.precision import autocast_on, full_precision, meta_ce, method_loss, upcast
 
 MODES = ("jvp", "fd")
 FD_SCHEMES = ("forward", "central")
@@ -47,8 +51,8 @@ def _theta_grads(batch: MetaBatch, logits: Tensor, jd: Tensor | None) -> dict[st
     if jd is None:
         return zeros
     with torch.enable_grad():
-        z = logits.detach().requires_grad_()
-        loss, _ = batch.method.loss(z, batch.y, batch.theta)
+        z = upcast(logits.detach(), batch.dtype).requires_grad_()
+        loss, _ = method_loss(batch.method, z, batch.y, batch.theta, batch.dtype)
         (gz,) = torch.autograd.grad(loss, z, create_graph=True)
         # in a process group this rank's share of <grad_z l, J d> (its examples), times the world
         # size: the learner averages replicated meta gradients over ranks (see famus.distributed)
@@ -116,27 +120,69 @@ def _objective_grads(
     v_last = torch.autograd.grad(meta_loss, [w_hat[p] for p in last.params], create_graph=True)
     v_last = dist.mean_over_ranks(v_last, differentiable=True)  # the union meta batch's gradient
     g_last = [grads[p].detach().requires_grad_() for p in last.params]
-    loss_g = grad_match_loss(g_last, list(v_last))
+    with full_precision(meta_loss.device):
+        loss_g = grad_match_loss(g_last, list(v_last))
     aux["loss_g"] = loss_g.detach()
     out = torch.autograd.grad(meta_loss + lambda_g * loss_g, [w_hat[p] for p in leaves] + g_last)
     return dict(zip(leaves, out[: len(leaves)])), dict(zip(last.params, out[len(leaves) :]))
+
+
+def _step_dot(lr: float | Tensor, v: Tensor, g: Tensor) -> Tensor:
+    """``<lr * v, g>`` for a scalar or elementwise (same shape as ``v``) step size ``lr``."""
+    return (lr * v * g).sum() if isinstance(lr, Tensor) else lr * (v * g).sum()
 
 
 def _sampler_grads(
     batch: MetaBatch, gates: dict[str, Tensor], hard: dict[str, bool], extra: Tensor | None,
     sampler_params: dict[str, Tensor], V: dict[str, Tensor], grads: dict[str, Tensor | None],
 ) -> dict[str, Tensor] | None:
-    """Straight-through: ``dObjective/dr_l = -<alpha V_l, g_l>`` (on) or ``+`` (off), plus L_r."""
+    """Straight-through: ``dObjective/dr_l = -<alpha V_l, g_l>`` (on) or ``+`` (off), plus L_r.
+
+    ``alpha`` is the virtual step's size, a number or elementwise (``batch.lrs``).
+    """
     if not sampler_params:
         return None
     objective = extra if extra is not None else 0.0
     for info in batch.layers:
         if info.name in gates:
-            s = sum(batch.lrs[p] * (V[p] * grads[p]).sum() for p in info.params if p in V)
+            s = sum(_step_dot(batch.lrs[p], V[p], grads[p]) for p in info.params if p in V)
             objective = objective + gates[info.name] * (-s if hard[info.name] else s)
     names = list(sampler_params)
     out = torch.autograd.grad(objective, [sampler_params[n] for n in names], allow_unused=True)
     return {n: torch.zeros_like(sampler_params[n]) if g is None else g for n, g in zip(names, out)}
+
+
+def _directional_derivative(
+    batch: MetaBatch, stages: Stages, trace: Trace, buffers0: dict[str, Tensor], direction: dict[str, Tensor],
+    logits: Tensor, mode: str, fd_eps: float | None, fd_scheme: str,
+) -> Tensor:
+    """``J d`` ``(n, C)`` from the highest intact cached stage input below the direction, in full precision.
+
+    Under autocast the pass runs with autocast off from the upcast cached input (a difference of 16-bit
+    logits is rounding noise), and the one-sided ``fd`` scheme becomes central: the Virtual-Train logits
+    it would difference against are 16-bit.
+    """
+    device = batch.device
+    start = trace.usable_start(min(stages.stage_of[p] for p in direction))
+    h = io.tree_map(lambda t: upcast(t.detach(), batch.dtype), trace.inputs[start])
+    base = {n: p.detach() for n, p in batch.params.items()}
+    rng_after_meta = rng_state(device)
+    low = autocast_on(device)
+
+    def replay() -> None:  # the same dropout masks as the Virtual-Train forward
+        set_rng_state(trace.rng[start], device)
+
+    try:
+        with full_precision(device):
+            if mode == "jvp":
+                replay()
+                return jvp_logits(stages, base, buffers0, h, start, direction)
+            scheme = "central" if low else fd_scheme
+            eps = default_fd_eps(batch.dtype if low else logits.dtype, scheme) if fd_eps is None else fd_eps
+            base_logits = logits if scheme == "forward" else None
+            return fd_logits(stages, base, buffers0, h, start, direction, eps, replay, base_logits)
+    finally:
+        set_rng_state(rng_after_meta, device)
 
 
 def directional(
@@ -171,7 +217,7 @@ def directional(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    device = batch.x.device
+    device = batch.device
     timer = StageTimer(device)
     # the JVP/FD passes redo the Virtual-Train forward, so they start from the same buffers
     buffers0 = {n: b.clone() for n, b in batch.buffers.items()}
@@ -179,7 +225,7 @@ def directional(
     rng_before = rng_state(device)
     logits = stages.run(batch.params, batch.buffers, batch.x, record=trace)
     keep = batch.keep_virtual and same_rng_state(rng_before, rng_state(device))
-    loss, c = batch.method.loss(logits, batch.y, batch.theta)
+    loss, c = method_loss(batch.method, logits, batch.y, batch.theta, batch.dtype)
     timer.mark("virtual_forward")
 
     names = list(batch.params)
@@ -195,7 +241,7 @@ def directional(
     # Virtual-Train statistics, which Actual-Train reuse copies back
     meta_buffers = {n: b.clone() for n, b in batch.buffers.items()}
     meta_logits = stages.run(w_hat, meta_buffers, batch.x_meta, grad_from=lowest)
-    meta_loss = F.cross_entropy(meta_logits, batch.y_meta)
+    meta_loss = meta_ce(meta_logits, batch.y_meta, batch.dtype)
     timer.mark("meta_forward")
 
     aux: dict[str, Tensor] = {}
@@ -210,24 +256,7 @@ def directional(
         direction[p] = direction[p] + bp if p in direction else bp
     jd = None
     if direction:
-        start = trace.usable_start(min(stages.stage_of[p] for p in direction))
-        h = trace.inputs[start].detach()
-        base = {n: p.detach() for n, p in batch.params.items()}
-        rng_after_meta = rng_state(device)
-
-        def replay() -> None:  # the same dropout masks as the Virtual-Train forward
-            set_rng_state(trace.rng[start], device)
-
-        try:
-            if mode == "jvp":
-                replay()
-                jd = jvp_logits(stages, base, buffers0, h, start, direction)
-            else:
-                eps = default_fd_eps(logits.dtype, fd_scheme) if fd_eps is None else fd_eps
-                base_logits = logits if fd_scheme == "forward" else None
-                jd = fd_logits(stages, base, buffers0, h, start, direction, eps, replay, base_logits)
-        finally:
-            set_rng_state(rng_after_meta, device)
+        jd = _directional_derivative(batch, stages, trace, buffers0, direction, logits, mode, fd_eps, fd_scheme)
     meta_grads = _theta_grads(batch, logits, jd)
     timer.mark("meta_backward")
     return MetaResult(
@@ -240,6 +269,7 @@ def directional(
         aux=aux,
         times=timer.times,
         virtual_logits=logits if keep else None,
+        logits=logits.detach(),
         virtual_buffers=batch.buffers,
         train_grads=grads,
     )
@@ -262,7 +292,7 @@ class Directional(Engine):
     def staging(self, batch: MetaBatch) -> Stages:
         """The model's stages, built once per model (declared split points are checked then)."""
         if self._stages is None or self._stages[0] is not batch.model:
-            example = batch.x[: min(2, batch.x.shape[0])]
+            example = io.head(batch.x, 2)
             self._stages = (batch.model, Stages.from_model(batch.model, self.stages_spec, example))
         return self._stages[1]
 

@@ -119,7 +119,7 @@ class FaMUS(Engine):
         if layers is not None:  # fixed layers: Eq. 9's g' for that set, no sampler, no L_g
             return self.run(batch, select_layers(batch.layers, layers))
         res = self.run(batch, self.pinned, self.gate_fn(batch, generator), lambda_g=self.lambda_g)
-        one = batch.x.new_ones(())
+        one = batch.one()
         gates = res.gates or {}
         res.gates = {i.name: gates.get(i.name, one) for i in batch.layers if i.name in gates or i.name in self.pinned}
         return res
@@ -134,6 +134,9 @@ class FaMUS(Engine):
 
     def parameters(self):
         return list(self.samplers.parameters())
+
+    def optimizers(self):
+        return [self.optimizer]
 
     def state_dict(self) -> dict:
         return {"samplers": self.samplers.state_dict(), "optimizer": self.optimizer.state_dict()}

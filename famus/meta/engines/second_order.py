@@ -1,6 +1,7 @@
 """Meta gradients by second-order backprop: ``exact``, ``block`` and ``random``.
 
-All three build w_hat(theta) = w - alpha * grad_w L_train(w, theta) with the graph
+All three build w_hat(theta) = w - alpha * grad_w L_train(w, theta) (alpha: ``batch.lrs``, a number or
+an elementwise tensor per parameter, see :mod:`famus.meta.virtual_step`) with the graph
 kept only for the layers that contribute; other layers take a detached w_hat, so
 the meta backward never enters the network below the lowest contributing layer.
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call
 
 from famus import distributed as dist
+from famus.meta import inputs as io
 from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
 from famus.meta.engines.staging import rng_state, same_rng_state
+from famus.meta.precision import full_precision, meta_ce, method_loss
 
 # gate_fn(grads) -> (gates, extra_loss, sampler_params): gates maps layer name -> 0-d
 # straight-through tensor in {0, 1}; extra_loss is added to the meta objective.
@@ -64,13 +65,13 @@ def second_order(
         :class:`MetaResult` with the gradient of ``L_c + lambda_g L_g + extra`` w.r.t. theta
         and the sampler parameters that ``gate_fn`` returned.
     """
-    device = batch.x.device
+    device = batch.device
     timer = StageTimer(device)
     rng_before = rng_state(device)
-    logits = functional_call(batch.model, {**batch.params, **batch.buffers}, (batch.x,))
+    logits = io.forward(batch.model, {**batch.params, **batch.buffers}, batch.x)
     # a forward that drew random numbers (dropout) does not equal a later Actual-Train forward
     keep = batch.keep_virtual and same_rng_state(rng_before, rng_state(device))
-    loss, c = batch.method.loss(logits, batch.y, batch.theta)
+    loss, c = method_loss(batch.method, logits, batch.y, batch.theta, batch.dtype)
     timer.mark("virtual_forward")
 
     names = list(batch.params)
@@ -100,8 +101,8 @@ def second_order(
     # batch.buffers now hold the Virtual-Train statistics, which Actual-Train reuse copies back:
     # the meta pass writes into its own clones
     meta_buffers = {n: b.clone() for n, b in batch.buffers.items()}
-    meta_logits = functional_call(batch.model, {**w_hat, **meta_buffers}, (batch.x_meta,))
-    meta_loss = F.cross_entropy(meta_logits, batch.y_meta)
+    meta_logits = io.forward(batch.model, {**w_hat, **meta_buffers}, batch.x_meta)
+    meta_loss = meta_ce(meta_logits, batch.y_meta, batch.dtype)
     timer.mark("meta_forward")
 
     objective = meta_loss
@@ -112,7 +113,8 @@ def second_order(
         if all(t.requires_grad for t in last_hat):
             val = torch.autograd.grad(meta_loss, last_hat, create_graph=True)
             val = dist.mean_over_ranks(val, differentiable=True)  # the union meta batch's gradient
-            loss_g = grad_match_loss([grads[p] for p in last.params], list(val))
+            with full_precision(device):
+                loss_g = grad_match_loss([grads[p] for p in last.params], list(val))
             objective = objective + lambda_g * loss_g
             aux["loss_g"] = loss_g.detach()
     if extra is not None:
@@ -138,6 +140,7 @@ def second_order(
         aux=aux,
         times=timer.times,
         virtual_logits=logits if keep else None,
+        logits=logits.detach(),
         virtual_buffers=batch.buffers,
         train_grads={n: None if g is None else g.detach() for n, g in grads.items()},
     )
@@ -176,7 +179,7 @@ class Block(Engine):
     def compute(self, batch, generator, layers=None):
         contrib = self.selected if layers is None else select_layers(batch.layers, layers)
         res = second_order(batch, contrib)
-        one = batch.x.new_ones(())
+        one = batch.one()
         res.gates = {n: one for n in sorted(contrib, key=[i.name for i in batch.layers].index)}
         return res
 
@@ -204,6 +207,6 @@ class RandomLayers(Engine):
         else:
             contrib = select_layers(batch.layers, layers)
         res = second_order(batch, contrib)
-        one = batch.x.new_ones(())
+        one = batch.one()
         res.gates = {n: one for n in names if n in contrib}
         return res

@@ -19,6 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from famus.meta import inputs as io
+from famus.meta.inputs import Inputs
+
 
 def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
     """The global CPU generator's state, and the CUDA one when ``device`` is a GPU."""
@@ -43,8 +46,9 @@ class Trace:
     """What a recorded forward pass saw at each stage boundary.
 
     Attributes:
-        inputs: stage index -> the stage's input (``(B, ...)``, still in the autograd graph).
-        versions: stage index -> the input's version counter when it was recorded, to detect
+        inputs: stage index -> the stage's input (``(B, ...)``, still in the autograd graph; stage 0's
+            is the model's input, which may be a tuple or dict of tensors).
+        versions: stage index -> the input's version counters when it was recorded, to detect
             a later in-place change (e.g. ``ReLU(inplace=True)`` in the next stage).
         rng: stage index -> RNG state just before the stage ran, to replay dropout masks.
         start: inputs are kept for stage 0 (the model's input, free) and stages ``>= start`` only,
@@ -52,14 +56,14 @@ class Trace:
     """
 
     start: int = 0
-    inputs: dict[int, Tensor] = field(default_factory=dict)
-    versions: dict[int, int] = field(default_factory=dict)
+    inputs: dict[int, Inputs] = field(default_factory=dict)
+    versions: dict[int, tuple[int, ...]] = field(default_factory=dict)
     rng: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict)
 
     def usable_start(self, start: int) -> int:
         """The highest stage ``<= start`` whose cached input is still intact."""
         for s in range(start, -1, -1):
-            if s in self.inputs and self.inputs[s]._version == self.versions[s]:
+            if s in self.inputs and io.version(self.inputs[s]) == self.versions[s]:
                 return s
         raise RuntimeError("the model's input itself was modified in place; cannot replay the forward pass")
 
@@ -96,7 +100,7 @@ class Stages:
         return len(self.modules)
 
     @classmethod
-    def from_model(cls, model: nn.Module, spec: str | list[str] | None = "auto", example: Tensor | None = None):
+    def from_model(cls, model: nn.Module, spec: str | list[str] | None = "auto", example: Inputs | None = None):
         """Split ``model`` into stages.
 
         Args:
@@ -105,7 +109,7 @@ class Stages:
                 else the whole model), ``None`` (the whole model: no caching), or a list of top-level
                 child names whose composition in this order is the model's forward (declared split
                 points; checked on ``example``).
-            example: an input batch ``(B, ...)`` for checking declared split points.
+            example: an input batch ``(B, ...)`` (or a tuple or dict of tensors) for checking declared split points.
         """
         if spec is None:
             return cls(model, [("", model)])
@@ -127,13 +131,14 @@ class Stages:
             out.check(model, example)
         return out
 
-    def check(self, model: nn.Module, example: Tensor) -> None:
+    def check(self, model: nn.Module, example: Inputs) -> None:
         """Raise unless running the stages reproduces ``model(example)`` (same RNG, cloned buffers)."""
         state = {**dict(model.named_parameters()), **{n: b.clone() for n, b in model.named_buffers()}}
-        devices = [example.device.index or 0] if example.device.type == "cuda" else []
+        device = io.device_of(example)
+        devices = [device.index or 0] if device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)
-            want = functional_call(model, state, (example,))
+            want = io.forward(model, state, example)
             state.update({n: b.clone() for n, b in model.named_buffers()})
             torch.manual_seed(0)
             try:
@@ -155,7 +160,7 @@ class Stages:
         self,
         params: dict[str, Tensor],
         buffers: dict[str, Tensor],
-        h: Tensor,
+        h: Inputs,
         start: int = 0,
         record: Trace | None = None,
         grad_from: int = 0,
@@ -165,19 +170,20 @@ class Stages:
         Args:
             params: global name -> tensor for at least the parameters of these stages.
             buffers: global name -> tensor; train-mode BN writes into these, so pass clones.
-            h: ``(B, ...)`` input of stage ``start``.
+            h: ``(B, ...)`` input of stage ``start`` (stage 0: the model's input, see :mod:`famus.meta.inputs`).
             record: when given, stores each stage's input and the RNG state before it.
             grad_from: stages below this index run without autograd (nothing below needs a gradient).
 
         Returns:
-            The last stage's output, ``(B, C)`` logits for a classifier.
+            The last stage's output, ``(B, C)`` logits for a classifier (taken from ``.logits`` when
+            the model returns an object).
         """
-        device = h.device
+        device = io.device_of(h)
         for i in range(start, len(self.modules)):
             if record is not None and (i == 0 or i >= record.start):
-                record.inputs[i], record.versions[i], record.rng[i] = h, h._version, rng_state(device)
+                record.inputs[i], record.versions[i], record.rng[i] = h, io.version(h), rng_state(device)
             state = {ln: params[g] for ln, g in self._pmap[i].items()}
             state.update({ln: buffers[g] for ln, g in self._bmap[i].items()})
             with torch.set_grad_enabled(torch.is_grad_enabled() and i >= grad_from):
-                h = functional_call(self.modules[i], state, (h,))
-        return h
+                h = io.call(self.modules[i], state, h) if i == 0 else functional_call(self.modules[i], state, (h,))
+        return io.logits_of(h)

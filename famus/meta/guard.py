@@ -1,0 +1,57 @@
+"""A non-finite meta gradient is skipped, never applied, without a host sync.
+
+The meta optimizers (the meta model's, the FaMUS samplers') step as usual; where the meta gradient
+was not finite, every parameter and optimizer-state tensor they touched is then put back as it was
+(state the step created is zeroed, which is what a fresh state behaves like), all by ``torch.where``
+on a 0-d flag, so the step never waits for the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+
+def all_finite(tensors: Iterable[Tensor], like: Tensor) -> Tensor:
+    """0-d bool on ``like``'s device: every entry of every tensor is finite (True for none)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool, device=like.device)
+
+
+def zero_where_not(ok: Tensor, grads: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The gradients where ``ok``, zeros (not NaN) elsewhere; the same tensors' values when ``ok``."""
+    return {k: torch.where(ok, g, torch.zeros((), dtype=g.dtype, device=g.device)) for k, g in grads.items()}
+
+
+def _state_tensors(optimizers: list[torch.optim.Optimizer]) -> dict[tuple[int, int, str], Tensor]:
+    return {(i, id(p), k): v for i, o in enumerate(optimizers) for p, st in o.state.items()
+            for k, v in st.items() if torch.is_tensor(v)}
+
+
+def guarded(optimizers: list[torch.optim.Optimizer], ok: Tensor, step: Callable[[], None]) -> None:
+    """Run ``step`` (the optimizers' steps); where ``ok`` is False, undo it on their parameters and state.
+
+    Args:
+        optimizers: the optimizers ``step`` steps.
+        ok: 0-d bool; False means the step must leave no trace.
+        step: the optimizer steps to guard.
+
+    A state tensor on another device than ``ok`` (Adam's CPU step counter beside CUDA parameters)
+    needs ``ok`` copied there: one small device-to-host copy. famus's own meta optimizers avoid it
+    (Adam is ``capturable`` on CUDA, SGD keeps no counter).
+    """
+    params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+    saved_params = [p.detach().clone() for p in params]
+    saved_state = {k: v.clone() for k, v in _state_tensors(optimizers).items()}
+    step()
+    flags = {ok.device: ok}
+    with torch.no_grad():
+        for p, s in zip(params, saved_params):
+            p.copy_(torch.where(ok, p, s))
+        for key, v in _state_tensors(optimizers).items():
+            if v.device not in flags:
+                flags[v.device] = ok.to(v.device)
+            before = saved_state.get(key)
+            v.copy_(torch.where(flags[v.device], v, torch.zeros_like(v) if before is None else before))
