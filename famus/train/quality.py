@@ -118,7 +118,7 @@ def v_curve(meta_model: nn.Module | None, losses: tuple[float, ...] = V_LOSSES) 
     x = torch.tensor(losses, dtype=p.dtype, device=p.device).unsqueeze(1)  # (k, 1)
     try:
         v = meta_model(x).reshape(-1)
-    except RuntimeError:  # a custom meta model that does not take (k, 1) losses
+    except (RuntimeError, TypeError):  # a meta model that does not take (k, 1) losses (MLC's T, a custom one)
         return None
     return {f"{loss:g}": round(float(val), 6) for loss, val in zip(losses, v.tolist())}
 
