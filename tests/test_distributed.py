@@ -31,7 +31,8 @@ pytestmark = pytest.mark.skipif(
 ROOT = Path(__file__).resolve().parents[1]
 # a famus.train run inside a process group the caller made (ERM: the DDP-style gradient average)
 ERM_RUN = dict(dataset="digits", model="mlp", model_options={"hidden": 32}, method="erm", epochs=1, batch_size=64,
-               train_subset=700, meta_per_class=10, lr=0.05, progress=False, threads=1)
+               train_subset=700, meta_per_class=10, lr=0.05, progress=False, threads=1, noise="symmetric",
+               noise_rate=0.4)
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +136,8 @@ def torchrun(args: list[str], timeout: float, **env) -> subprocess.CompletedProc
 
 CLI = ["--dataset", "digits", "--model", "lenet", "--set", "model_options.width=4", "--set", "model_options.hidden=16",
        "--train-subset", "700", "--meta-per-class", "10", "--batch-size", "64", "--method", "mwnet",
-       "--meta-grad", "exact", "--lr", "0.05", "--threads", "1", "--no-progress"]
+       "--meta-grad", "exact", "--lr", "0.05", "--threads", "1", "--no-progress", "--noise", "symmetric",
+       "--noise-rate", "0.4"]
 
 
 def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
@@ -152,7 +154,7 @@ def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
         assert p.stdout.count("best test accuracy") == 1  # rank 0 reports
     train(TrainConfig(dataset="digits", model="lenet", model_options={"width": 4, "hidden": 16}, train_subset=700,
                       meta_per_class=10, batch_size=64, method="mwnet", meta_grad="exact", lr=0.05, threads=1,
-                      progress=False, epochs=2, out=str(tmp_path / "one")))
+                      progress=False, epochs=2, noise="symmetric", noise_rate=0.4, out=str(tmp_path / "one")))
     a, b = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(tmp_path / "one" / "checkpoint.pt")
     assert a["step"] == b["step"] > 0
     for k in b["model"]:

@@ -123,7 +123,7 @@ def real_run(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("real") / "mw-famus-digits"
     cfg = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, epochs=2, method="mwnet",
-               meta_grad="famus", progress=False, out=str(run), threads=1)
+               meta_grad="famus", progress=False, out=str(run), threads=1, noise="symmetric", noise_rate=0.4)
     train(cfg)  # sets one thread process-wide, as the package fixture does (and undoes)
 
     data = prepare_data(TrainConfig(**{k: v for k, v in cfg.items() if k != "out"}))

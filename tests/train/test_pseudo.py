@@ -12,7 +12,7 @@ from famus.train import data as data_mod
 from famus.train.checkpoint import load_checkpoint
 
 COMMON = dict(dataset="digits", model="mlp", method="mwnet", meta_grad="famus", meta_set="pseudo", epochs=3,
-              batch_size=64, lr=0.05, noise_rate=0.5, progress=False, seed=2,
+              batch_size=64, lr=0.05, noise="symmetric", noise_rate=0.5, progress=False, seed=2,
               pseudo_options={"warmup_epochs": 1, "rampup_epochs": 1})
 
 
