@@ -16,7 +16,6 @@ precision and recall.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -31,7 +30,10 @@ from famus.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from famus.train.config import TrainConfig
 from famus.train.data import RunData
 from famus.train.metrics import MetricsWriter
+from famus.train.scores import finish_scores, score_source
+from famus.train.selection import ModelSelection
 from famus.train.semi import SemiLoss, mix_batch, prior_penalty
+from famus.train.summary import run_summary
 
 PSEUDO_DEFAULTS = dict(warmup_epochs=1, p_threshold=0.5, meta_threshold=0.5, alpha=4.0, lambda_u=25.0,
                        rampup_epochs=16, temperature=0.5, min_meta=10, refine=True, prior_penalty=True,
@@ -72,20 +74,41 @@ def eval_losses(model: torch.nn.Module, data: RunData, batch_size: int) -> torch
 
 
 @torch.no_grad()
-def _accuracies(models: list[torch.nn.Module], data: RunData, batch_size: int) -> list[float]:
-    """Test accuracy of each model, then of their ensemble (mean logits); one pass per model."""
+def _accuracies(models: list[torch.nn.Module], data: RunData, batch_size: int, split: str = "test") -> list:
+    """Accuracy of each model on the ``test`` (or ``val``) split, then of their ensemble (mean logits); one
+    pass per model. ``None`` for each when the split is empty."""
+    xs, ys = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
+    if ys is None or ys.numel() == 0:
+        return [None] * (len(models) + 1)
     for m in models:
         m.eval()
     correct = torch.zeros(len(models) + 1, dtype=torch.long)
-    for i in range(0, data.test_x.shape[0], batch_size):
-        x = data.augmenter.normalize(data.test_x[i : i + batch_size])
-        y = data.test_y[i : i + batch_size]
+    for i in range(0, xs.shape[0], batch_size):
+        x = data.augmenter.normalize(xs[i : i + batch_size])
+        y = ys[i : i + batch_size]
         logits = [m(x) for m in models]
         logits.append(sum(logits) / len(models))
         correct += torch.stack([(z.argmax(1) == y).sum().cpu() for z in logits])
     for m in models:
         m.train()
-    return (correct.double() / data.test_y.numel()).tolist()
+    return (correct.double() / ys.numel()).tolist()
+
+
+@torch.no_grad()
+def _final_scores(nets, data: RunData, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted (N,), clean score (N,))``: the ensemble's (mean logits) prediction and the mean of the two
+    networks' GMM clean probabilities, from the final models' losses against the given labels."""
+    probs = [torch.as_tensor(gmm_clean_probability(eval_losses(m, data, batch_size), seed=seed)).float()
+             for m, _, _ in nets]
+    for m, _, _ in nets:
+        m.eval()
+    predicted = []
+    for i in range(0, data.train_x.shape[0], batch_size):
+        x = data.augmenter.normalize(data.train_x[i : i + batch_size])
+        predicted.append(sum(m(x) for m, _, _ in nets).argmax(1).cpu())
+    for m, _, _ in nets:
+        m.train()
+    return torch.cat(predicted), sum(probs) / len(probs)
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -199,7 +222,8 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
     iters = n // batch
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # batches, augmentation, mixing permutations
     rng = np.random.default_rng(cfg.seed + 3)  # Beta draws for mixup
-    start_epoch, step, best, elapsed, last = 0, 0, 0.0, 0.0, 0.0
+    start_epoch, step, best, elapsed = 0, 0, None, 0.0
+    selection = ModelSelection(data.has_val)  # on the ensemble's validation accuracy; never on test labels
     if cfg.resume:
         ck = load_checkpoint(run_dir / CHECKPOINT)
         for (model, opt, learner), ms, os_, ls in zip(nets, ck["models"], ck["optimizers"], ck["learners"]):
@@ -211,7 +235,7 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
         rng.bit_generator.state = ck["numpy_rng"]
         torch.random.set_rng_state(ck["torch_rng"])
         start_epoch, step, best, elapsed = ck["epoch"], ck["step"], ck["best_test_acc"], ck["elapsed_s"]
-        last = ck.get("last_test_acc", 0.0)
+        selection.load_state_dict(ck.get("selection"))
         bar.n = bar.initial = start_epoch * 2 * iters  # the progress bar resumes where the run stopped
         bar.refresh()
     metrics = MetricsWriter(run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
@@ -250,23 +274,25 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
             step += steps
             elapsed += epoch_time
             acc1, acc2, last = _accuracies([nets[0][0], nets[1][0]], data, cfg.eval_batch_size)
-            best = max(best, last)
+            val = _accuracies([nets[0][0], nets[1][0]], data, cfg.eval_batch_size, "val")[-1]
+            best = last if best is None else best if last is None else max(best, last)
+            selection.update(epoch + 1, val, last)
             logged = max(1, 2 * ((iters + cfg.log_every - 1) // cfg.log_every))
-            record.update(step=step, test_acc=last, best_test_acc=best, test_acc_net1=acc1, test_acc_net2=acc2,
-                          train_loss=loss_sum / logged, time_per_iter_s=epoch_time / max(steps, 1),
-                          wall_time_s=elapsed)
+            record.update(step=step, test_acc=last, val_acc=val, **selection.record(), best_test_acc=best,
+                          test_acc_net1=acc1, test_acc_net2=acc2, train_loss=loss_sum / logged,
+                          time_per_iter_s=epoch_time / max(steps, 1), wall_time_s=elapsed)
             save_checkpoint(run_dir / CHECKPOINT, {
                 "epoch": epoch + 1, "step": step, "best_test_acc": best, "last_test_acc": last, "elapsed_s": elapsed,
                 "config": cfg.to_dict(), "models": [m.state_dict() for m, _, _ in nets],
                 "optimizers": [o.state_dict() for _, o, _ in nets],
                 "learners": [lr_.state_dict() if lr_ else None for _, _, lr_ in nets],
                 "generator": gen.get_state(), "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.random.get_rng_state()})
+                "torch_rng": torch.random.get_rng_state(), "selection": selection.state_dict()})
             metrics.write(record)
-            bar.set_postfix(test_acc=f"{last:.4f}", best=f"{best:.4f}")
+            bar.set_postfix({k: f"{v:.4f}" for k, v in (("test_acc", last), ("val_acc", val)) if v is not None})
     finally:
         metrics.close()
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    its = [r["time_per_iter_s"] for r in rows]
-    return {"run_dir": str(run_dir), "best_test_acc": best, "last_test_acc": rows[-1]["test_acc"] if rows else last,
-            "time_per_iter_s": sum(its) / len(its) if its else math.nan, "epochs": len(rows)}
+    summary = run_summary(run_dir, selection, data)
+    predicted, score = _final_scores(nets, data, cfg.eval_batch_size, cfg.seed)
+    summary.update(finish_scores(run_dir, data, predicted, score, score_source(cfg.method, "pseudo")))
+    return summary
