@@ -77,8 +77,12 @@ def from_npz(path: Path, split: str | None) -> ArraySource | None:
         if kx is None or ky is None:
             return None
         kn = next((k for k in NAME_KEYS if k in keys), None)
-        names = [str(n) for n in npz[kn].tolist()] if kn else None
-        return ArraySource(npz[kx], npz[ky], names, f"{path} [{kx}, {ky}]")
+        try:  # arrays are read here: an object array is refused now (allow_pickle=False)
+            names = [str(n) for n in npz[kn].tolist()] if kn else None
+            return ArraySource(npz[kx], npz[ky], names, f"{path} [{kx}, {ky}]")
+        except ValueError as exc:
+            raise DataError(f"{path} is not a readable .npy/.npz file of plain arrays ({exc}); re-save it with "
+                            "numpy.savez (no object arrays)") from exc
 
 
 def from_spec(spec: str | list[str], root: Path) -> ArraySource:
