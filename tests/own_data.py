@@ -35,11 +35,11 @@ def save(arr: np.ndarray, path: Path) -> None:
 
 
 def write_class_folders(root: Path, per_class: int, seed: int, channels: int = 1, classes=CLASSES,
-                        ext: str = "png", marker: int | None = None) -> Path:
+                        ext: str = "png", marker: int | None = None, noise: float = 40.0) -> Path:
     """``root/<class>/<i>.<ext>``; ``marker`` sets the top-left pixel of every image (to recognise them later)."""
     for k, name in enumerate(classes):
         label = sorted(CLASSES).index(name) if name in CLASSES else k
-        for i, img in enumerate(images(label, per_class, seed + 100 * k, channels)):
+        for i, img in enumerate(images(label, per_class, seed + 100 * k, channels, noise)):
             if marker is not None:
                 img[0, 0] = marker
             save(img, root / name / f"{i:03d}.{ext}")
@@ -47,11 +47,11 @@ def write_class_folders(root: Path, per_class: int, seed: int, channels: int = 1
 
 
 def write_split_folders(root: Path, train: int = 20, val: int = 6, test: int = 10, seed: int = 0,
-                        channels: int = 1) -> Path:
+                        channels: int = 1, noise: float = 40.0) -> Path:
     """``root/train``, ``root/val``, ``root/test``, each with one folder per class."""
     for offset, (split, n) in enumerate((("train", train), ("val", val), ("test", test))):
         if n:
-            write_class_folders(root / split, n, seed + 17 * offset, channels)
+            write_class_folders(root / split, n, seed + 17 * offset, channels, noise=noise)
     return root
 
 
