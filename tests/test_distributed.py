@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -166,6 +167,12 @@ def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
         for key in ("train_loss", "meta_loss", "clean_weight_share"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
         assert ra["test_acc"] == pytest.approx(rb["test_acc"], abs=2 / 360)
+    # the clean scores (running means of the meta weights, each rank scoring its shards) match one process
+    scores = [[r.split(",")[-1] for r in (d / "example_scores.csv").read_text().splitlines()[1:]]
+              for d in (out, tmp_path / "one")]
+    seen = [[s != "" for s in run] for run in scores]  # examples never visited (ragged last batches) score ""
+    assert seen[0] == seen[1] and sum(seen[0]) > 0.9 * len(seen[0])
+    np.testing.assert_allclose(*(np.array([float(s) for s in run if s]) for run in scores), rtol=1e-3, atol=1e-4)
 
 
 def test_torchrun_a_failing_rank_fails_the_job(tmp_path):
