@@ -134,7 +134,7 @@ def format_issues(issues: LabelIssues, detection: dict[str, Any] | None = None, 
     for k in range(len(issues)):
         given, pred = int(issues.given_label[k]), int(issues.predicted_label[k])
         cells = [str(k + 1), str(int(issues.index[k])), _name(given, names) or str(given),
-                 _name(pred, names) or str(pred), f"{issues.clean_score[k]:.4f}"]
+                 _name(pred, names) or str(pred), f"{issues.clean_score[k]:.4g}"]
         rows.append(cells + ([str(issues.path[k])] if len(head) > 5 else []))
     widths = [max(len(head[j]), *(len(r[j]) for r in rows)) for j in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths)).rstrip()]
