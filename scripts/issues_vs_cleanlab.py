@@ -35,12 +35,15 @@ from famus.train.data import RunData, prepare_data  # noqa: E402
 from famus.train.loop import lr_at  # noqa: E402
 
 
-def famus_row(run: Path) -> dict:
-    """Detection quality of a run's clean scores against its injected noise."""
+def famus_row(run: Path, common: np.ndarray | None = None) -> dict:
+    """Detection quality of a run's clean scores against its injected noise, on the examples whose dataset
+    index is in ``common`` (all of them when None)."""
     scores = read_scores(run / "example_scores.csv")
     noisy = torch.load(run / "noisy_labels.pt", weights_only=False)["corrupted"].numpy()
+    keep = np.isin(scores.index, common) if common is not None else np.ones(len(noisy), bool)
     summary = json.loads((run / "summary.json").read_text())
-    return {"run": str(run), "clean_score": summary.get("clean_score"), **detection_quality(scores.clean_score, noisy),
+    return {"run": str(run), "clean_score": summary.get("clean_score"),
+            **detection_quality(scores.clean_score[keep], noisy[keep]),
             "val_chosen_acc": summary.get("val_chosen_acc"), "last_test_acc": summary.get("last_test_acc")}
 
 
@@ -109,15 +112,22 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument("--no-cleanlab", action="store_true")
+    p.add_argument("--common-with", default=None, help="score every run on this run's training examples only "
+                   "(e.g. a pseudo-mode run on the same labels via --noise file, which also trains on the meta set)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config).validate()
-    rows = [famus_row(Path(r)) for r in args.runs]
+    common = None
+    if args.common_with:
+        common = torch.load(Path(args.common_with) / "split.pt", weights_only=False)["train_index"].numpy()
+    rows = [famus_row(Path(r), common) for r in args.runs]
     if not args.no_cleanlab:
         data = prepare_data(cfg)
-        for r in args.runs:  # the same noisy labels as every run
-            saved = torch.load(Path(r) / "noisy_labels.pt", weights_only=False)
-            assert torch.equal(saved["labels"], data.train_y), f"{r} was trained on other labels"
+        for r in args.runs:  # the same noisy labels as every run (on the examples they share)
+            saved = torch.load(Path(r) / "noisy_labels.pt", weights_only=False)["labels"]
+            index = torch.load(Path(r) / "split.pt", weights_only=False)["train_index"]
+            mine = dict(zip(data.train_index.tolist(), data.train_y.tolist()))
+            assert all(mine.get(i, y) == y for i, y in zip(index.tolist(), saved.tolist())), f"{r}: other labels"
         rows += cleanlab_rows(cfg, data, args.folds)
     for r in rows:
         print(json.dumps(r))
