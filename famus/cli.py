@@ -1,4 +1,4 @@
-"""The ``famus`` command line: ``train``, ``demo``, ``bench``, ``compare``, ``report``."""
+"""The ``famus`` command line: ``train``, ``demo``, ``bench``, ``compare``, ``report``, ``issues``."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from famus.registry import UnknownNameError
 
 # flag -> (config key, type, help)
 TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--dataset", "dataset", str, "dataset name (fashion-mnist, cifar10, cifar100, digits, listfile)"),
-    ("--data-dir", "data_dir", str, "folder of the dataset files"),
-    ("--noise", "noise", str, "label noise: symmetric, pair, asymmetric, matrix, file, none"),
-    ("--noise-rate", "noise_rate", float, "noise rate R in [0, 1]"),
+    ("--dataset", "dataset", str, "dataset name (folder, arrays, listfile, fashion-mnist, cifar10, cifar100, digits)"),
+    ("--data-dir", "data_dir", str, "folder (or file) of the dataset"),
+    ("--noise", "noise", str, "label noise to inject: none (default), symmetric, pair, asymmetric, matrix, file"),
+    ("--noise-rate", "noise_rate", float, "noise rate R in [0, 1] (symmetric, pair, asymmetric)"),
     ("--imbalance", "imbalance", float, "long-tail imbalance factor IF (1 = balanced)"),
-    ("--meta-per-class", "meta_per_class", int, "clean meta examples per class k"),
+    ("--meta-per-class", "meta_per_class", int, "clean meta examples per class k, held out of training"),
+    ("--meta-data", "meta_data", str, "the trusted meta set from a folder or file (then none is drawn from training)"),
+    ("--val-per-class", "val_per_class", int, "validation examples per class held out of the trusted set"),
     ("--meta-set", "meta_set", str, "clean (held-out trusted set) or pseudo (GMM split, two nets)"),
     ("--train-subset", "train_subset", int, "keep this many training examples (stratified)"),
     ("--model", "model", str, "model name, or package.module:function"),
@@ -125,13 +127,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(config_from_args(args))
     if int(os.environ.get("RANK", "0")) != 0:  # several processes: rank 0 reports
         return 0
-    print(f"best test accuracy {summary['best_test_acc']:.4f}, last {summary['last_test_acc']:.4f}, "
-          f"{summary['time_per_iter_s'] * 1000:.1f} ms/iteration; run folder {summary['run_dir']}")
+    print(summary_lines(summary))
     if "group_acc" in summary:
         parts = ", ".join(f"{g}-shot {'-' if a is None else f'{a:.4f}'}" for g, a in summary["group_acc"].items())
         print(f"last epoch by group: {parts} (groups by {summary['group_rule']} of training class counts; "
               "per-class accuracy in metrics.jsonl)")
     return 0
+
+
+def _acc(v: float | None) -> str:
+    return "n/a (no test set)" if v is None else f"{v:.4f}"
+
+
+def summary_lines(summary: dict[str, Any]) -> str:
+    """What ``famus train`` prints at the end: the three accuracies, labelled, and the label-issue scores."""
+    chosen = f"epoch {summary['val_chosen_epoch']}, {summary['selection']}"
+    lines = [f"test accuracy of the chosen model {_acc(summary['val_chosen_acc'])} ({chosen}); last "
+             f"{_acc(summary['last_test_acc'])}; best test accuracy {_acc(summary['best_test_acc'])} (the paper's "
+             f"metric: chosen on the test labels); {summary['time_per_iter_s'] * 1000:.1f} ms/iteration"]
+    issues = summary.get("label_issues")
+    if issues and issues.get("auroc") is not None:
+        lines.append(f"label issues ({summary['clean_score']}) against the injected noise: AUROC "
+                     f"{issues['auroc']:.4f}, precision@{issues['n_noisy']} {issues['precision_at_n']:.4f}")
+    lines.append(f"run folder {summary['run_dir']} (likely mislabeled examples: famus issues {summary['run_dir']})")
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -154,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
     for name, module, help_ in (("bench", "famus.bench", "time every meta-gradient engine side by side"),
                                 ("compare", "famus.compare", "weight quality, accuracy and speed over seeds"),
-                                ("report", "famus.report", "plots, HTML page and summary table of runs")):
+                                ("report", "famus.report", "plots, HTML page and summary table of runs"),
+                                ("issues", "famus.issues", "the likeliest mislabeled examples of a run")):
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_)
         mod.add_arguments(p)

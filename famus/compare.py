@@ -12,7 +12,8 @@ Per (method, engine), mean and standard deviation over seeds of:
   the first logged step ``>= S`` (``steps``);
 * ``late_lift`` / ``late_auroc``: mean over the windows at or after step ``late_from``;
 * ``onset``: the first logged step whose lift exceeds 0.1 (``None``: never);
-* ``last_acc`` and ``best_test_acc`` (the paper's best-on-test, labelled as such);
+* ``last_acc``, ``val_chosen_acc`` (the test accuracy of the epoch chosen on validation data; the last
+  epoch's without validation data) and ``best_test_acc`` (the paper's best-on-test, labelled as such);
 * ``time_per_iter_s`` and ``x_erm``, its ratio to the same seed's ERM run.
 
 >>> result = compare("configs/quality-fmnist.yaml", ["exact", "famus"], [1, 2, 3], "runs/quality")  # doctest: +SKIP
@@ -37,12 +38,13 @@ from famus.meta.methods import METHODS
 from famus.train.config import load_config
 from famus.train.metrics import read_metrics
 from famus.train.quality import lift_onset
+from famus.train.selection import chosen_from_records
 
 DEFAULT_STEPS = (150, 300, 450)
 # files a famus run writes: an interrupted run folder without a checkpoint holds only these, and
 # compare may clear it to start over
 RUN_FILES = {"config.yaml", "run.json", "noisy_labels.pt", "split.pt", "metrics.jsonl", "metrics.csv",
-             "tracking.jsonl", "model_best.pt"}
+             "tracking.jsonl", "model_best.pt", "classes.json", "example_scores.csv", "summary.json"}
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,11 @@ def run_metrics(run_dir: Path, steps: tuple[int, ...] = DEFAULT_STEPS, late_from
     if not rows:
         raise ValueError(f"{str(run_dir)!r} has no metrics.jsonl records")
     windows = [w for r in rows for w in r.get("quality_steps", [])]
+    tests = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
     out: dict[str, Any] = {
-        "last_acc": rows[-1]["test_acc"],
-        "best_test_acc": max(r["test_acc"] for r in rows),
+        "last_acc": rows[-1].get("test_acc"),
+        "val_chosen_acc": chosen_from_records(rows)["val_chosen_acc"],
+        "best_test_acc": max(tests) if tests else None,
         "time_per_iter_s": statistics.fmean(r["time_per_iter_s"] for r in rows),
     }
     if windows:
@@ -186,7 +190,7 @@ def summarize(runs: list[RunSpec], out: Path, steps: tuple[int, ...] = DEFAULT_S
         for seed, m in seeds.items():
             base = erm.get(seed, {}).get("time_per_iter_s")
             m["x_erm"] = m["time_per_iter_s"] / base if base else None
-    keys = ["last_acc", "best_test_acc", "time_per_iter_s", "x_erm", *(f"auroc@{s}" for s in steps),
+    keys = ["last_acc", "val_chosen_acc", "best_test_acc", "time_per_iter_s", "x_erm", *(f"auroc@{s}" for s in steps),
             *(f"lift@{s}" for s in steps), "late_auroc", "late_lift", "onset"]
     table = {name: {k: _stats([m.get(k) for m in seeds.values()]) for k in keys} for name, seeds in per_run.items()}
     return {"steps": list(steps), "late_from": late_from, "runs": per_run, "table": table}
@@ -202,11 +206,12 @@ def _fmt(s: dict[str, float | None] | None, scale: float = 1.0, digits: int = 3)
 def format_table(result: dict[str, Any]) -> str:
     """A markdown table: one row per (method, engine), mean ± std over seeds, then per-seed lifts."""
     steps, late = result["steps"], result["late_from"]
-    head = (["run", "last acc %", "best-on-test %", "s/iter", "x ERM"] + [f"AUROC@{s}" for s in steps]
+    head = (["run", "last acc %", "val-chosen %", "best-on-test %", "s/iter", "x ERM"] + [f"AUROC@{s}" for s in steps]
             + [f"lift@{s}" for s in steps] + [f"lift >= {late}", "onset step"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, t in result["table"].items():
-        cells = [name, _fmt(t["last_acc"], 100, 2), _fmt(t["best_test_acc"], 100, 2), _fmt(t["time_per_iter_s"]),
+        cells = [name, _fmt(t["last_acc"], 100, 2), _fmt(t["val_chosen_acc"], 100, 2), _fmt(t["best_test_acc"], 100, 2),
+                 _fmt(t["time_per_iter_s"]),
                  _fmt(t["x_erm"], 1, 2)]
         cells += [_fmt(t[f"auroc@{s}"]) for s in steps] + [_fmt(t[f"lift@{s}"]) for s in steps]
         cells += [_fmt(t["late_lift"]), _fmt(t["onset"], 1, 0)]
@@ -214,12 +219,16 @@ def format_table(result: dict[str, Any]) -> str:
     lines += ["", f"Per seed (lift@{steps[0]} / lift >= {late} / last acc):"]
     for name, seeds in result["runs"].items():
         if name == "erm":
-            parts = [f"seed {s}: acc {m['last_acc'] * 100:.2f}" for s, m in seeds.items()]
+            parts = [f"seed {s}: acc {_pct(m['last_acc'])}" for s, m in seeds.items()]
         else:
             parts = [f"seed {s}: {_num(m.get(f'lift@{steps[0]}'))} / {_num(m.get('late_lift'))} / "
-                     f"{m['last_acc'] * 100:.2f}" for s, m in seeds.items()]
+                     f"{_pct(m['last_acc'])}" for s, m in seeds.items()]
         lines.append(f"- {name}: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}"
 
 
 def _num(v: float | None) -> str:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.skipif(
 ROOT = Path(__file__).resolve().parents[1]
 # a famus.train run inside a process group the caller made (ERM: the DDP-style gradient average)
 ERM_RUN = dict(dataset="digits", model="mlp", model_options={"hidden": 32}, method="erm", epochs=1, batch_size=64,
-               train_subset=700, meta_per_class=10, lr=0.05, progress=False, threads=1)
+               train_subset=700, meta_per_class=10, lr=0.05, progress=False, threads=1, noise="symmetric",
+               noise_rate=0.4)
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +137,8 @@ def torchrun(args: list[str], timeout: float, **env) -> subprocess.CompletedProc
 
 CLI = ["--dataset", "digits", "--model", "lenet", "--set", "model_options.width=4", "--set", "model_options.hidden=16",
        "--train-subset", "700", "--meta-per-class", "10", "--batch-size", "64", "--method", "mwnet",
-       "--meta-grad", "exact", "--lr", "0.05", "--threads", "1", "--no-progress"]
+       "--meta-grad", "exact", "--lr", "0.05", "--threads", "1", "--no-progress", "--noise", "symmetric",
+       "--noise-rate", "0.4"]
 
 
 def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
@@ -152,7 +155,7 @@ def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
         assert p.stdout.count("best test accuracy") == 1  # rank 0 reports
     train(TrainConfig(dataset="digits", model="lenet", model_options={"width": 4, "hidden": 16}, train_subset=700,
                       meta_per_class=10, batch_size=64, method="mwnet", meta_grad="exact", lr=0.05, threads=1,
-                      progress=False, epochs=2, out=str(tmp_path / "one")))
+                      progress=False, epochs=2, noise="symmetric", noise_rate=0.4, out=str(tmp_path / "one")))
     a, b = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(tmp_path / "one" / "checkpoint.pt")
     assert a["step"] == b["step"] > 0
     for k in b["model"]:
@@ -164,6 +167,12 @@ def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
         for key in ("train_loss", "meta_loss", "clean_weight_share"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
         assert ra["test_acc"] == pytest.approx(rb["test_acc"], abs=2 / 360)
+    # the clean scores (running means of the meta weights, each rank scoring its shards) match one process
+    scores = [[r.split(",")[-1] for r in (d / "example_scores.csv").read_text().splitlines()[1:]]
+              for d in (out, tmp_path / "one")]
+    seen = [[s != "" for s in run] for run in scores]  # examples never visited (ragged last batches) score ""
+    assert seen[0] == seen[1] and sum(seen[0]) > 0.9 * len(seen[0])
+    np.testing.assert_allclose(*(np.array([float(s) for s in run if s]) for run in scores), rtol=1e-3, atol=1e-4)
 
 
 def test_torchrun_a_failing_rank_fails_the_job(tmp_path):

@@ -9,6 +9,9 @@
 >>> x = Augmenter.for_dataset(ds)(ds.train_x[:8], g)
 """
 
+from famus.data import arrays as _arrays  # noqa: F401  (registers "arrays")
+from famus.data import folder as _folder  # noqa: F401  (registers "folder")
+from famus.data import imagelist as _imagelist  # noqa: F401  (registers "listfile")
 from famus.data.augment import Augmenter
 from famus.data.datasets import DATASETS, Dataset, channel_stats, load_dataset
 from famus.data.errors import DataError
@@ -30,6 +33,7 @@ from famus.data.noise import (
 )
 from famus.data.safe_pickle import SafeUnpickler, safe_load
 from famus.data.split import meta_split, per_class_counts, stratified_split
+from famus.data.trusted import TrustedSet, load_trusted
 
 __all__ = [
     "DATASETS",
@@ -39,6 +43,7 @@ __all__ = [
     "Dataset",
     "NoiseResult",
     "SafeUnpickler",
+    "TrustedSet",
     "apply_noise",
     "channel_stats",
     "check_transition_matrix",
@@ -46,6 +51,7 @@ __all__ = [
     "from_matrix",
     "load_dataset",
     "load_noisy_labels",
+    "load_trusted",
     "longtail_counts",
     "longtail_indices",
     "meta_split",

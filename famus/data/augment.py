@@ -42,6 +42,7 @@ class Augmenter:
         crop: int | None = None,
         padding: int = 0,
         flip: bool = False,
+        features: bool = False,
     ) -> None:
         if len(mean) != len(std) or not len(mean):
             raise ValueError(f"mean and std need the same non-zero length, got {len(mean)} and {len(std)}")
@@ -51,27 +52,39 @@ class Augmenter:
             raise ValueError(f"crop must be >= 1 or None, got {crop}")
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
+        if features and (crop is not None or flip):
+            raise ValueError("feature vectors cannot be cropped or flipped")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.crop = crop
         self.padding = padding
         self.flip = flip
+        self.features = features
         self._affine: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     @classmethod
-    def for_dataset(cls, ds: Dataset) -> Augmenter:
-        """The standard recipe for ``ds``.
+    def for_dataset(
+        cls, ds: Dataset, flip: bool | None = None, crop: bool | None = None, padding: int | None = None
+    ) -> Augmenter:
+        """The standard recipe for ``ds``; each part can be set (``augment_options``).
 
-        * 3-channel images >= 16 px (CIFAR-like): crop to size with padding 4 (2 below 32 px) + flip.
-        * 1-channel images >= 16 px (Fashion-MNIST 28x28): crop with padding 2 (4 from 32 px), no flip.
-        * smaller images (8x8 digits): normalisation only.
+        * square images >= 16 px: random crop to size with zero padding (4 from 32 px, else 2);
+        * horizontal flips only where ``flip=True``, by default where they suit the data (``ds.flip``:
+          CIFAR); never by default for Fashion-MNIST, digits, grayscale images or your own data;
+        * smaller or non-square images (8x8 digits): normalisation only (plus a requested flip);
+        * feature vectors: normalisation only (per-feature standardisation).
         """
-        channels = ds.channels
+        if ds.is_features:
+            if flip or crop:
+                raise ValueError("augment_options flip/crop apply to images, not feature vectors")
+            return cls(ds.mean, ds.std, features=True)
         height, width = ds.image_size
-        if min(height, width) < 16 or height != width:
-            return cls(ds.mean, ds.std)
-        padding = 4 if height >= 32 else 2
-        return cls(ds.mean, ds.std, crop=height, padding=padding, flip=channels == 3)
+        crop = min(height, width) >= 16 and height == width if crop is None else crop
+        if crop and height != width:
+            raise ValueError(f"augment_options.crop needs square images, got {height}x{width}")
+        pad = (4 if height >= 32 else 2) if padding is None else padding
+        flip = ds.flip if flip is None else flip
+        return cls(ds.mean, ds.std, crop=height if crop else None, padding=pad if crop else 0, flip=bool(flip))
 
     @property
     def augments(self) -> bool:
@@ -80,28 +93,32 @@ class Augmenter:
 
     def __repr__(self) -> str:
         return (
-            f"Augmenter(crop={self.crop}, padding={self.padding}, flip={self.flip}, "
+            f"Augmenter(crop={self.crop}, padding={self.padding}, flip={self.flip}, features={self.features}, "
             f"mean={self.mean}, std={self.std})"
         )
 
     def _scale_shift(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        # (x/255 - mean)/std == x * scale + shift; cached per device to avoid re-uploads.
+        # (x/255 - mean)/std == x * scale + shift (features: (x - mean)/std); cached per device.
         if device not in self._affine:
             mean = torch.tensor(self.mean, dtype=torch.float64)
             std = torch.tensor(self.std, dtype=torch.float64)
-            scale = (1.0 / (255.0 * std)).float().view(1, -1, 1, 1).to(device)
+            scale = (1.0 / ((1.0 if self.features else 255.0) * std)).float().view(1, -1, 1, 1).to(device)
             shift = (-mean / std).float().view(1, -1, 1, 1).to(device)
             self._affine[device] = (scale, shift)
         return self._affine[device]
 
     def _check(self, x: Tensor) -> None:
-        if x.dtype != torch.uint8 or x.dim() != 4:
+        if self.features:
+            if x.dtype != torch.float32 or x.dim() != 4:
+                raise ValueError(f"expected float32 (B, D, 1, 1) features, got {x.dtype} {tuple(x.shape)}")
+        elif x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"expected a uint8 (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
         if x.shape[1] != len(self.mean):
             raise ValueError(f"batch has {x.shape[1]} channels but mean/std have {len(self.mean)}")
 
     def normalize(self, x: Tensor) -> Tensor:
-        """uint8 (B, C, H, W) -> float32 (B, C, H, W) ``(x / 255 - mean) / std``, no augmentation."""
+        """uint8 (B, C, H, W) -> float32 (B, C, H, W) ``(x / 255 - mean) / std`` (features: ``(x - mean) / std``),
+        no augmentation."""
         self._check(x)
         scale, shift = self._scale_shift(x.device)
         return torch.addcmul(shift, x.float(), scale)

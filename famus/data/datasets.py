@@ -2,10 +2,14 @@
 
 A :class:`Dataset` holds whole splits as uint8 tensors, so batching is a single index
 operation and augmentation runs batched in torch (see :mod:`famus.data.augment`).
+Feature vectors (``arrays`` of shape (N, D)) are held as float32 (N, D, 1, 1).
 Normalisation constants are always computed from the TRAINING split (exactly, from
 per-channel byte histograms), so every loader — including custom image lists — is
 normalised the same way; for CIFAR-10 they match the usual (0.4914, 0.4822, 0.4465) /
 (0.2470, 0.2435, 0.2616).
+
+Your own data: ``folder`` (:mod:`famus.data.folder`), ``arrays`` (:mod:`famus.data.arrays`) and
+``listfile`` (here), registered on import of :mod:`famus.data`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from torch import Tensor
 
 from famus.data.errors import DataError
 from famus.data.idx import read_idx
-from famus.data.imagelist import load_images
 from famus.data.safe_pickle import safe_load
 from famus.data.split import stratified_split
 from famus.registry import Registry
@@ -31,18 +34,21 @@ from famus.registry import Registry
 
 @dataclass(repr=False)
 class Dataset:
-    """A labelled image dataset held in memory.
+    """A labelled image (or feature-vector) dataset held in memory.
 
     Attributes:
         name: registry name it was loaded with.
-        train_x: uint8 (N, C, H, W).
+        train_x: uint8 (N, C, H, W) images, or float32 (N, D, 1, 1) feature vectors.
         train_y: int64 (N,) labels in ``[0, num_classes)``.
-        test_x: uint8 (M, C, H, W).
+        test_x: like ``train_x``, (M, ...); M may be 0 (no test set).
         test_y: int64 (M,).
         num_classes: number of classes K.
-        mean: per-channel mean on the 0-1 scale, length C (from the training split).
-        std: per-channel std on the 0-1 scale, length C.
-        class_names: K names, or None when unknown.
+        mean: per-channel mean on the 0-1 scale (features: on their own scale), length C (from the training split).
+        std: per-channel std on the same scale, length C.
+        class_names: K names (index order), or None when unknown.
+        val_x, val_y: a validation split given with the data (a ``val/`` folder), or None.
+        train_paths, val_paths, test_paths: each example's file (relative to the data root), or None.
+        flip: whether random horizontal flips suit these images (CIFAR: yes; your own data: opt-in).
     """
 
     name: str
@@ -54,28 +60,41 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str] | None = None
+    val_x: Tensor | None = None
+    val_y: Tensor | None = None
+    train_paths: list[str] | None = None
+    val_paths: list[str] | None = None
+    test_paths: list[str] | None = None
+    flip: bool = False
 
     def __post_init__(self) -> None:
-        for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
-            if x.dtype != torch.uint8 or x.dim() != 4:
-                raise ValueError(f"{split}_x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
-            if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-                raise ValueError(f"{split}_y must be int64 ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise ValueError(f"{split}_y has labels outside [0, {self.num_classes})")
-        if self.train_x.shape[1:] != self.test_x.shape[1:]:
-            raise ValueError(
-                f"train/test image shapes differ: {tuple(self.train_x.shape[1:])} "
-                f"vs {tuple(self.test_x.shape[1:])}"
-            )
+        splits = [("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)]
+        if self.val_x is not None:
+            splits.append(("val", self.val_x, self.val_y))
+        for split, x, y in splits:
+            _check_split(split, x, y, self.num_classes)
+            if x.shape[1:] != self.train_x.shape[1:] or x.dtype != self.train_x.dtype:
+                raise ValueError(
+                    f"train/{split} shapes differ: {tuple(self.train_x.shape[1:])} vs {tuple(x.shape[1:])}"
+                )
         if not len(self.mean) == len(self.std) == self.channels:
             raise ValueError(f"mean/std need {self.channels} entries, got {len(self.mean)}/{len(self.std)}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} entries, expected {self.num_classes}")
+        for split, paths, x in (("train", self.train_paths, self.train_x), ("val", self.val_paths, self.val_x),
+                                ("test", self.test_paths, self.test_x)):
+            if paths is not None and (x is None or len(paths) != x.shape[0]):
+                n = 0 if x is None else x.shape[0]
+                raise ValueError(f"{split}_paths has {len(paths)} entries for {n} examples")
+
+    @property
+    def is_features(self) -> bool:
+        """Whether the examples are feature vectors (float32 (N, D, 1, 1)) rather than uint8 images."""
+        return self.train_x.dtype == torch.float32
 
     @property
     def channels(self) -> int:
-        """Number of image channels C."""
+        """Number of image channels C (feature vectors: the dimension D)."""
         return int(self.train_x.shape[1])
 
     @property
@@ -85,17 +104,41 @@ class Dataset:
 
     def __repr__(self) -> str:
         shape = "x".join(str(s) for s in self.train_x.shape[1:])
+        val = "" if self.val_x is None else f", val={self.val_x.shape[0]}"
         return (
-            f"Dataset({self.name!r}, train={self.train_x.shape[0]}, test={self.test_x.shape[0]}, "
-            f"image={shape}, classes={self.num_classes})"
+            f"Dataset({self.name!r}, train={self.train_x.shape[0]}{val}, test={self.test_x.shape[0]}, "
+            f"{'features' if self.is_features else 'image'}={shape}, classes={self.num_classes})"
         )
 
 
-def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean and std on the 0-1 scale of uint8 images (N, C, H, W).
+def _check_split(split: str, x: Tensor, y: Tensor | None, num_classes: int) -> None:
+    """uint8 (N, C, H, W) images or float32 (N, D, 1, 1) features, with int64 (N,) labels in range."""
+    images = x.dtype == torch.uint8 and x.dim() == 4
+    features = x.dtype == torch.float32 and x.dim() == 4 and tuple(x.shape[2:]) == (1, 1)
+    if not (images or features):
+        raise ValueError(
+            f"{split}_x must be uint8 (N, C, H, W) images or float32 (N, D, 1, 1) features, "
+            f"got {x.dtype} {tuple(x.shape)}"
+        )
+    if y is None or y.dtype != torch.int64 or y.shape != (x.shape[0],):
+        got = None if y is None else f"{y.dtype} {tuple(y.shape)}"
+        raise ValueError(f"{split}_y must be int64 ({x.shape[0]},), got {got}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{split}_y has labels outside [0, {num_classes})")
 
-    Uses a 256-bin histogram per channel, so no float copy of the data is made.
+
+def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std: on the 0-1 scale for uint8 images (N, C, H, W), on their own
+    scale for float32 features (N, D, 1, 1).
+
+    For images a 256-bin histogram per channel, so no float copy of the data is made.
     """
+    if x.dtype == torch.float32 and x.dim() == 4:
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()
+        std = flat.std(1, unbiased=False) if flat.shape[1] else torch.ones(x.shape[1], dtype=torch.float64)
+        mean = flat.mean(1) if flat.shape[1] else torch.zeros(x.shape[1], dtype=torch.float64)
+        # a constant feature is left as it is (std 1) rather than blown up
+        return tuple(mean.tolist()), tuple(torch.where(std > 1e-8, std, torch.ones_like(std)).tolist())
     if x.dtype != torch.uint8 or x.dim() != 4:
         raise ValueError(f"expected uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
     values = torch.arange(256, dtype=torch.float64) / 255.0
@@ -117,9 +160,11 @@ def _finish(
     test: tuple[Tensor, Tensor],
     num_classes: int,
     class_names: list[str] | None,
+    **extra: Any,
 ) -> Dataset:
+    """A :class:`Dataset` normalised with the training split's statistics (``extra``: val, paths, flip)."""
     mean, std = channel_stats(train[0])
-    return Dataset(name, train[0], train[1], test[0], test[1], num_classes, mean, std, class_names)
+    return Dataset(name, train[0], train[1], test[0], test[1], num_classes, mean, std, class_names, **extra)
 
 
 # Loaders take (data_dir, **options) and return a Dataset.
@@ -130,7 +175,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, **op
     """Load the registered dataset ``name`` (see ``DATASETS.names()``).
 
     Args:
-        name: ``fashion-mnist``, ``cifar10``, ``cifar100``, ``digits`` or ``listfile``.
+        name: ``fashion-mnist``, ``cifar10``, ``cifar100``, ``digits``, ``listfile``, ``folder`` or ``arrays``.
         data_dir: where the files are; None uses the loader's default.
         **options: loader-specific options (e.g. ``seed`` for digits, ``train_list`` for listfile).
 
@@ -298,7 +343,7 @@ def cifar10(data_dir: str | None = None) -> Dataset:
         raise DataError(f"{meta_path} is corrupt ({len(names)} label names, expected 10); re-download")
     _check_range(train[1], 10, root)
     _check_range(test[1], 10, root / "test_batch")
-    return _finish("cifar10", train, test, 10, names)
+    return _finish("cifar10", train, test, 10, names, flip=True)
 
 
 @DATASETS.register("cifar100")
@@ -317,7 +362,7 @@ def cifar100(data_dir: str | None = None, label_kind: str = "fine") -> Dataset:
     names = _names(safe_load(meta_path), f"{label_kind}_label_names", meta_path)
     _check_range(train[1], len(names), root / "train")
     _check_range(test[1], len(names), root / "test")
-    return _finish("cifar100", train, test, len(names), names)
+    return _finish("cifar100", train, test, len(names), names, flip=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,42 +385,3 @@ def digits(data_dir: str | None = None, test_fraction: float = 0.2, seed: int = 
     train_idx, test_idx = stratified_split(y, test_fraction, generator, num_classes=10)
     names = [str(i) for i in range(10)]
     return _finish("digits", (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), 10, names)
-
-
-# --------------------------------------------------------------------------------------------
-# Image lists (Clothing1M / WebVision / CNWL layout)
-
-
-@DATASETS.register("listfile")
-def listfile(
-    data_dir: str | None = None,
-    train_list: str = "train.txt",
-    test_list: str = "test.txt",
-    image_size: int = 32,
-    num_classes: int | None = None,
-    channels: int = 3,
-    workers: int = 8,
-) -> Dataset:
-    """Images named in ``relative/path.jpg label`` list files, resized to ``image_size``.
-
-    Args:
-        data_dir: root the image paths (and relative list paths) are relative to; default cwd.
-        train_list, test_list: list files (relative to ``data_dir`` unless absolute).
-        image_size: side S of the square uint8 (N, channels, S, S) output.
-        num_classes: default ``max label + 1`` over both lists.
-        channels: 3 (RGB) or 1 (grayscale).
-        workers: decoding threads.
-    """
-    root = Path(data_dir or ".")
-    train = load_images(root / train_list, root, image_size, channels, workers)
-    test = load_images(root / test_list, root, image_size, channels, workers)
-    top = max([int(y.max()) + 1 for _, y in (train, test) if y.numel()], default=0)
-    if num_classes is None:
-        num_classes = top
-    elif top > num_classes:
-        raise DataError(
-            f"image lists contain label {top - 1} but num_classes={num_classes}; raise num_classes"
-        )
-    if train[1].numel() == 0:
-        raise DataError(f"image list {root / train_list} is empty; add '<path> <label>' lines")
-    return _finish("listfile", train, test, num_classes, None)

@@ -1,31 +1,29 @@
 """Image-list datasets: text files of ``relative/path.jpg label`` lines.
 
-This is the annotation layout of Clothing1M, WebVision and CNWL. Images are decoded with
-Pillow, converted to RGB (or L), resized to a square and packed into one uint8 tensor.
+This is the annotation layout of Clothing1M, WebVision and CNWL. The label is an integer class
+index or a class name (:mod:`famus.data.labels`). Images are decoded with Pillow
+(:mod:`famus.data.images`) into one uint8 tensor.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from torch import Tensor
-
+from famus.data.datasets import DATASETS, Dataset, _finish
 from famus.data.errors import DataError
+from famus.data.images import load_image_splits
+from famus.data.labels import class_names_of, is_integer_token, map_labels
 
 
-def read_list(path: str | os.PathLike[str]) -> tuple[list[str], list[int], list[int]]:
+def read_list(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[int]]:
     """Parse an annotation list.
 
     Blank lines and lines starting with ``#`` are skipped. The label is the last
     whitespace-separated token, so paths may contain spaces.
 
     Returns:
-        ``(paths, labels, line_numbers)`` in file order.
+        ``(paths, label_tokens, line_numbers)`` in file order; a token is an integer index or a class name.
 
     Raises:
         DataError: missing file or a malformed line (with its 1-based line number).
@@ -34,7 +32,7 @@ def read_list(path: str | os.PathLike[str]) -> tuple[list[str], list[int], list[
     if not path.is_file():
         raise DataError(f"image list {path} not found; pass train_list=/test_list= (relative to --data-dir)")
     paths: list[str] = []
-    labels: list[int] = []
+    labels: list[str] = []
     lines: list[int] = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -42,74 +40,97 @@ def read_list(path: str | os.PathLike[str]) -> tuple[list[str], list[int], list[
             if not text or text.startswith("#"):
                 continue
             parts = text.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].isdigit():
+            if len(parts) != 2:
                 raise DataError(
-                    f"bad line {number} in {path}: expected '<relative/path> <integer label>', "
-                    f"got {text[:80]!r}; fix or remove that line"
+                    f"bad line {number} in {path}: expected '<relative/path> <label>' (an integer or a class "
+                    f"name), got {text[:80]!r}; fix or remove that line"
                 )
             paths.append(parts[0])
-            labels.append(int(parts[1]))
+            labels.append(parts[1])
             lines.append(number)
     return paths, labels, lines
 
 
-def _decode(file: Path, size: int, mode: str, where: str) -> np.ndarray:
-    if not file.is_file():
-        raise DataError(
-            f"image {file} (listed on {where}) not found; "
-            "check --data-dir is the root the list is relative to"
-        )
-    try:
-        with Image.open(file) as img:
-            # draft() lets the JPEG decoder downscale by 1/2..1/8 for free before resizing.
-            img.draft(mode, (size, size))
-            img = img.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(
-            f"image {file} (listed on {where}) is corrupt ({exc}); re-download or remove it"
-        ) from exc
-    return arr.reshape(size, size, -1)
+class ImageList:
+    """One parsed list file: image files (resolved against ``root``), label tokens, and where each came from."""
+
+    def __init__(self, list_path: str | os.PathLike[str], root: str | os.PathLike[str]) -> None:
+        self.list_path = Path(list_path)
+        paths, self.tokens, lines = read_list(self.list_path)
+        self.paths = paths  # as written in the list (for example_scores.csv)
+        self.files = [Path(root) / p for p in paths]
+        self.wheres = [f" (line {n} of {self.list_path})" for n in lines]
+
+    def where(self, i: int) -> str:
+        """Where label ``i`` came from, for error messages."""
+        return self.wheres[i].strip(" ()")
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
-def load_images(
-    list_path: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    image_size: int,
-    channels: int,
+def check_nonempty(lst: ImageList) -> None:
+    """A training list needs at least one line."""
+    if not len(lst):
+        raise DataError(f"image list {lst.list_path} is empty; add '<path> <label>' lines")
+
+
+def read_classes(classes: str | os.PathLike[str] | list[str] | None, root: Path) -> list[str] | None:
+    """A class list given as names, or as a text file (relative to ``root``) of one name per line."""
+    if classes is None or isinstance(classes, list):
+        return classes
+    path = root / classes
+    if not path.is_file():
+        raise DataError(f"class list {path} not found; pass classes=[name, ...] or a file of one name per line")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@DATASETS.register("listfile")
+def listfile(
+    data_dir: str | None = None,
+    train_list: str = "train.txt",
+    test_list: str = "test.txt",
+    val_list: str | None = None,
+    image_size: int | list[int] | None = 32,
+    num_classes: int | None = None,
+    channels: int | None = None,
+    classes: str | list[str] | None = None,
     workers: int = 8,
-) -> tuple[Tensor, Tensor]:
-    """Decode every image named in ``list_path``.
+) -> Dataset:
+    """Images named in ``relative/path.jpg label`` list files.
 
     Args:
-        list_path: annotation list.
-        root: directory the listed paths are relative to (absolute paths are kept).
-        image_size: side S of the square output.
-        channels: 3 (RGB) or 1 (grayscale).
-        workers: decoding threads (Pillow releases the GIL while decoding).
-
-    Returns:
-        ``(x, y)``: uint8 (N, channels, S, S) and int64 (N,).
+        data_dir: root the image paths (and relative list paths) are relative to; default cwd.
+        train_list, test_list: list files (relative to ``data_dir`` unless absolute).
+        val_list: optional validation list (used for model selection).
+        image_size: side S, or ``[H, W]``, of the uint8 output; ``None`` keeps the first image's size.
+        num_classes: with integer labels; default ``max label + 1`` over all lists.
+        channels: 1 (grayscale) or 3 (RGB); default: 1 when every image is grayscale, else 3.
+        classes: class names in index order (a list, or a file of one name per line); default: with
+            class-name labels, the training list's names in sorted order.
+        workers: decoding threads.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
-    paths, labels, lines = read_list(list_path)
-    mode = "RGB" if channels == 3 else "L"
-    root = Path(root)
-    out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
-
-    def work(i: int) -> None:
-        out[i] = _decode(root / paths[i], image_size, mode, f"line {lines[i]} of {list_path}")
-
-    # Decoding is inherently per file; threads overlap the I/O and the GIL-free decode.
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    try:
-        for _ in pool.map(work, range(len(paths))):
-            pass
-    finally:
-        # On the first bad image, drop the queued work instead of decoding the rest.
-        pool.shutdown(wait=True, cancel_futures=True)
-    x = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(labels, dtype=torch.long)
+    root = Path(data_dir or ".")
+    lists = {"train": ImageList(root / train_list, root), "test": ImageList(root / test_list, root)}
+    if val_list is not None:
+        lists["val"] = ImageList(root / val_list, root)
+    check_nonempty(lists["train"])
+    names = class_names_of(lists["train"].tokens, read_classes(classes, root))
+    if names is None:
+        top = max((int(t) + 1 for lst in lists.values() for t in lst.tokens if is_integer_token(t)), default=0)
+        if num_classes is None:
+            num_classes = top
+        elif top > num_classes:
+            raise DataError(f"image lists contain label {top - 1} but num_classes={num_classes}; raise num_classes")
+    elif num_classes is not None and num_classes != len(names):
+        raise DataError(f"num_classes={num_classes} but the labels name {len(names)} classes; drop num_classes")
+    else:
+        num_classes = len(names)
+    labels = {k: map_labels(lst.tokens, names, num_classes, lst.where) for k, lst in lists.items()}
+    images = load_image_splits({k: (lst.files, lst.wheres) for k, lst in lists.items()}, channels, image_size,
+                               workers, f"listfile {root / train_list}")
+    extra = {}
+    if "val" in lists:
+        extra.update(val_x=images["val"], val_y=labels["val"], val_paths=lists["val"].paths)
+    return _finish("listfile", (images["train"], labels["train"]), (images["test"], labels["test"]), num_classes,
+                   names, train_paths=lists["train"].paths, test_paths=lists["test"].paths, **extra)

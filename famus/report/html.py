@@ -59,8 +59,10 @@ def page(rows: list[dict[str, Any]], problems: dict[str, list[str]], figures: li
         cells[0] = f'<span title="{escape(r["path"])}">{escape(cells[0])}</span>'
         out.append("<tr>" + "".join(f"<td>{c if j == 0 else escape(c)}</td>" for j, c in enumerate(cells))
                    + "</tr>")
-    out.append("</tbody></table><p>Numbers as in each run's <code>metrics.jsonl</code>: best and last test "
-               "accuracy, mean time per iteration over epochs, training wall time.</p>")
+    out.append("</tbody></table><p>Numbers as in each run's <code>metrics.jsonl</code>: test accuracy of the "
+               "model chosen on validation data (<i>(last)</i>: no validation data, the last epoch), of the last "
+               "epoch, and the best over epochs (the paper's metric, chosen on the test labels); mean time per "
+               "iteration over epochs, training wall time.</p>")
     if any(problems.values()) or skipped:
         out.append('<div class="missing"><h2>Missing or partial data</h2><ul>')
         for name, msgs in problems.items():

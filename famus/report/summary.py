@@ -3,9 +3,11 @@
 Columns and where each number comes from (``metrics.jsonl``):
 
 * epochs: the last record's ``epoch`` (the number of records when absent);
-* best test acc: the largest ``best_test_acc`` / ``test_acc`` of any record (the last
-  record's ``best_test_acc`` for an ordinary run);
+* chosen test acc: the test accuracy of the epoch chosen on validation (the best ``val_acc``,
+  ties: the later epoch; the last epoch when the run had no validation data, marked ``(last)``);
 * last test acc: ``test_acc`` of the last record that has one;
+* best test acc (paper): the largest ``best_test_acc`` / ``test_acc`` of any record (the last
+  record's ``best_test_acc`` for an ordinary run): the paper's metric, chosen on the test labels;
 * time/iteration: mean of the records' ``time_per_iter_s`` (what ``famus.train.train`` returns);
 * wall time: the last record's ``wall_time_s`` (training time, evaluation excluded).
 
@@ -18,8 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from famus.report.runs import Run, num
+from famus.train.selection import NO_VALIDATION, chosen_from_records
 
-COLUMNS = ("run", "method", "engine", "epochs", "best test acc", "last test acc", "time/iteration", "wall time")
+COLUMNS = ("run", "method", "engine", "epochs", "chosen test acc", "last test acc", "best test acc (paper)",
+           "time/iteration", "wall time")
 
 
 def summarize(run: Run) -> dict[str, Any]:
@@ -32,6 +36,7 @@ def summarize(run: Run) -> dict[str, Any]:
     epoch = num(recs[-1], "epoch") if recs else None
     shares = [v for v in (num(r, "clean_weight_share") for r in recs) if v is not None]
     steps = [s.get("step") for s in run.tracking if isinstance(s.get("step"), int)]
+    chosen = chosen_from_records(recs)
     return {
         "run": run.name,
         "path": str(run.path),
@@ -39,6 +44,9 @@ def summarize(run: Run) -> dict[str, Any]:
         "method": run.method,
         "engine": run.engine,
         "epochs": int(epoch) if epoch is not None else len(recs),
+        "val_chosen_acc": num(chosen, "val_chosen_acc"),
+        "val_chosen_epoch": chosen["val_chosen_epoch"],
+        "selection": chosen["selection"],
         "best_test_acc": max(accs) if accs else None,
         "last_test_acc": lasts[-1] if lasts else None,
         "time_per_iter_s": sum(its) / len(its) if its else None,
@@ -72,8 +80,10 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         row["method"],
         row["engine"],
         str(row["epochs"]),
-        pct(row["best_test_acc"]),
+        pct(row["val_chosen_acc"]) + (" (last)" if row["val_chosen_acc"] is not None
+                                      and row["selection"] == NO_VALIDATION else ""),
         pct(row["last_test_acc"]),
+        pct(row["best_test_acc"]),
         ms(row["time_per_iter_s"]),
         secs(row["wall_time_s"]),
     ]
@@ -93,8 +103,10 @@ def markdown(rows: list[dict[str, Any]], problems: dict[str, list[str]], figures
     """
     lines = ["# famus report", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(_md(c) for c in table_cells(r)) + " |" for r in rows]
-    lines += ["", "Best/last test accuracy, mean time per iteration and wall time as in each run's "
-              "`metrics.jsonl` (time per iteration: mean over epochs; wall time: training time)."]
+    lines += ["", "Test accuracy of the model chosen on validation data (`(last)`: no validation data, the last "
+              "epoch), of the last epoch, and the best over epochs (the paper's metric: chosen on the test labels); "
+              "mean time per iteration and wall time as in each run's `metrics.jsonl` (time per iteration: mean over "
+              "epochs; wall time: training time)."]
     if any(problems.values()):
         lines += ["", "## Missing or partial data", ""]
         for name, msgs in problems.items():

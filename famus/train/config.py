@@ -32,14 +32,20 @@ class TrainConfig:
     data_dir: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
     train_subset: int | None = None  # keep this many training examples (stratified), before the meta split
-    noise: str = "symmetric"  # symmetric, pair, asymmetric, matrix, file, none
-    noise_rate: float = 0.4
+    # label noise injected into the training labels: none (the labels as given), symmetric, pair, asymmetric,
+    # matrix, file; symmetric, pair and asymmetric need noise_rate
+    noise: str = "none"
+    noise_rate: float | None = None
     noise_options: dict[str, Any] = field(default_factory=dict)  # include_true, mapping, matrix, path, key
     imbalance: float = 1.0  # long-tail imbalance factor IF (1 = balanced)
-    meta_per_class: int = 100  # clean meta examples per class, held out of training
+    meta_per_class: int = 100  # clean meta examples per class, held out of training (unless meta_data)
+    meta_data: str | None = None  # the trusted set from its own folder/file (then none is drawn from training)
+    val_per_class: int = 0  # validation examples per class held out of the trusted set (model selection)
     meta_set: str = "clean"  # clean (held-out trusted examples) or pseudo (GMM-selected, no clean labels)
     pseudo_options: dict[str, Any] = field(default_factory=dict)  # warmup_epochs, p_threshold, alpha, lambda_u, ...
     augment: bool = True
+    augment_options: dict[str, Any] = field(default_factory=dict)  # flip, crop, padding (default: per dataset)
+    score_decay: float = 0.5  # example_scores.csv: clean score = EMA of the meta weights over visits, this decay
     # model
     model: str = "small-resnet"
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -94,8 +100,8 @@ class TrainConfig:
         lists, must be finite; then the ranges and names below.
         """
         check_types(self)
-        if not 0.0 <= self.noise_rate <= 1.0:
-            raise ValueError(f"noise rate must be in [0, 1], got {self.noise_rate}; pass e.g. --noise-rate 0.4")
+        self._validate_noise()
+        self._validate_data()
         if self.imbalance < 1:
             raise ValueError(f"imbalance factor must be >= 1, got {self.imbalance}")
         if self.track_every < 0:
@@ -113,8 +119,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {self.gamma}")
-        if self.meta_per_class < 0:
-            raise ValueError(f"meta_per_class must be >= 0, got {self.meta_per_class}")
         if self.meta_set not in ("clean", "pseudo"):
             raise ValueError(f"meta_set must be 'clean' or 'pseudo', got {self.meta_set!r}")
         if self.meta_set == "pseudo":
@@ -125,8 +129,9 @@ class TrainConfig:
                 raise ValueError("--meta-set pseudo trains with its own MixMatch loss; use --loss ce")
             if self.method == "mlc":
                 raise ValueError("--meta-set pseudo trains on soft MixMatch targets; use --method mwnet, l2r or erm")
-        if self.method != "erm" and self.meta_per_class == 0 and self.meta_set == "clean":
-            raise ValueError(f"method {self.method!r} needs a meta set: pass --meta-per-class k > 0")
+        if self.method != "erm" and self.meta_per_class == 0 and self.meta_set == "clean" and not self.meta_data:
+            raise ValueError(f"method {self.method!r} needs a meta set: pass --meta-per-class k > 0 or "
+                             "--meta-data PATH")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         self._validate_optimisation()
@@ -150,6 +155,32 @@ class TrainConfig:
             raise ValueError(f"lr_warmup_epochs must be in [0, epochs={self.epochs}], got {self.lr_warmup_epochs}")
         if self.meta_set == "pseudo" and (self.amp or self.schedule != "step" or self.lr_warmup_epochs):
             raise ValueError("--meta-set pseudo does not take --amp, --schedule cosine or --lr-warmup-epochs yet")
+
+    def _validate_noise(self) -> None:
+        """Noise is off unless asked for; a rate without a noise (or the reverse) is a mistake, not a default."""
+        rate = self.noise_rate
+        if rate is not None and not 0.0 <= rate <= 1.0:
+            raise ValueError(f"noise rate must be in [0, 1], got {rate}; pass e.g. --noise-rate 0.4")
+        if self.noise in RATE_NOISES and rate is None:
+            raise ValueError(f"--noise {self.noise} needs a rate: pass --noise-rate R (e.g. 0.4)")
+        if self.noise == "none" and rate:
+            raise ValueError(f"--noise-rate {rate} given but no noise is injected (--noise none, the default); "
+                             "pass --noise symmetric (or pair, asymmetric) to inject it")
+
+    def _validate_data(self) -> None:
+        """The trusted and validation sets and the augmentation options."""
+        if self.meta_per_class < 0:
+            raise ValueError(f"meta_per_class must be >= 0, got {self.meta_per_class}")
+        if self.val_per_class < 0:
+            raise ValueError(f"val_per_class must be >= 0, got {self.val_per_class}")
+        if self.meta_set == "pseudo" and (self.meta_data or self.val_per_class):
+            raise ValueError("--meta-set pseudo uses no trusted labels: drop --meta-data and --val-per-class "
+                             "(validation can come from a val/ folder)")
+        unknown = set(self.augment_options) - {"flip", "crop", "padding"}
+        if unknown:
+            raise ValueError(f"unknown augment_options {sorted(unknown)}; valid: crop, flip, padding")
+        if not 0.0 <= self.score_decay < 1.0:
+            raise ValueError(f"score_decay must be in [0, 1), got {self.score_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -237,6 +268,9 @@ def check_types(cfg: TrainConfig) -> None:
 
 def _union_args(hint: Any) -> tuple[Any, ...]:
     return typing.get_args(hint) if _is_union(hint) else (hint,)
+
+
+RATE_NOISES = ("symmetric", "pair", "asymmetric")  # the noises drawn at a rate
 
 
 def _key(k: str) -> str:

@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -30,10 +31,13 @@ from famus.meta.precision import upcast
 from famus.models import MODELS, build_model
 from famus.train.checkpoint import BEST, CHECKPOINT, CheckpointSchedule, CorruptFileError, save_checkpoint
 from famus.train.config import TrainConfig, from_dict, load_config
-from famus.train.data import GROUPS, RunData, prepare_data
+from famus.train.data import GROUPS, RunData, describe_noise, prepare_data
 from famus.train.metrics import MetricsWriter
 from famus.train.quality import QualityMeter, v_curve
 from famus.train.resume import CONFIG_FILE, check_resumable_folder, resume_checkpoint
+from famus.train.scores import ScoreTracker, finish_scores, predict, score_source
+from famus.train.selection import ModelSelection
+from famus.train.summary import run_summary, write_summary
 from famus.verified import remove_stale_temporaries, save_verified
 
 
@@ -173,26 +177,30 @@ def make_precision(cfg: TrainConfig, device: torch.device) -> Precision:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: RunData, batch_size: int) -> tuple[float, torch.Tensor]:
-    """Test accuracy and per-class accuracy ``(C,)``, in eval mode.
+def evaluate(model: torch.nn.Module, data: RunData, batch_size: int,
+             split: str = "test") -> tuple[float | None, torch.Tensor | None]:
+    """Accuracy and per-class accuracy ``(C,)`` on the ``test`` (or ``val``) split, in eval mode.
 
-    With several processes each rank evaluates a contiguous part of the test set (the ranks' models
-    are identical) and the per-class counts are summed over ranks.
+    ``(None, None)`` when the split is empty. With several processes each rank evaluates a contiguous part
+    of the split (the ranks' models are identical) and the per-class counts are summed over ranks.
     """
+    xs, ys = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
+    if ys is None or ys.numel() == 0:
+        return None, None
     was = model.training
     model.eval()
-    correct = torch.zeros(data.num_classes, device=data.test_y.device)
-    n, w, r = data.test_x.shape[0], dist.world_size(), dist.rank()
+    correct = torch.zeros(data.num_classes, device=ys.device)
+    n, w, r = xs.shape[0], dist.world_size(), dist.rank()
     for i in range(n * r // w, n * (r + 1) // w, batch_size):
         end = min(i + batch_size, n * (r + 1) // w)
-        x = data.augmenter.normalize(data.test_x[i:end])
-        y = data.test_y[i:end]
+        x = data.augmenter.normalize(xs[i:end])
+        y = ys[i:end]
         hit = (logits_of(model(x)).argmax(1) == y).float()
         correct.index_add_(0, y, hit)
     (correct,) = dist.sum_over_ranks([correct])
     model.train(was)
-    counts = torch.bincount(data.test_y, minlength=data.num_classes).clamp(min=1)
-    return float(correct.sum() / data.test_y.numel()), (correct / counts).cpu()
+    counts = torch.bincount(ys, minlength=data.num_classes).clamp(min=1)
+    return float(correct.sum() / ys.numel()), (correct / counts).cpu()
 
 
 def _coerce(cfg: TrainConfig | dict | str | Path) -> TrainConfig:
@@ -239,14 +247,17 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
         config: a :class:`TrainConfig`, a dict of config keys, or a YAML file path.
 
     Returns:
-        ``{"run_dir", "best_test_acc", "last_test_acc", "time_per_iter_s", "epochs"}``, plus the last
+        ``{"run_dir", "val_chosen_acc", "val_chosen_epoch", "selection", "val_source", "last_test_acc",
+        "best_test_acc", "time_per_iter_s", "epochs", "clean_score"}`` (see :mod:`famus.train.summary`), plus
+        ``label_issues`` (AUROC and precision at N of the clean scores) when noise was injected, and the last
         epoch's ``group_acc`` (many/medium/few-shot) and ``group_rule`` for long-tailed runs.
 
     The run folder holds ``config.yaml`` (resolved), ``run.json`` (seed, code version,
-    environment, resumes), ``noisy_labels.pt``, ``split.pt``, ``metrics.jsonl`` (one record per
-    epoch), ``checkpoint.pt`` (latest: each epoch's end and every ``checkpoint_every`` steps, or
-    after 10 minutes) and ``model_best.pt``; each ``.pt`` file has a ``.sha256`` sidecar
-    (:mod:`famus.verified`). Every config value is checked before anything is written.
+    environment, resumes), ``classes.json`` (class names, when known), ``noisy_labels.pt``,
+    ``split.pt``, ``metrics.jsonl`` (one record per epoch), ``checkpoint.pt`` (latest: each epoch's
+    end and every ``checkpoint_every`` steps, or after 10 minutes), ``model_best.pt`` (chosen on
+    validation), ``example_scores.csv`` and ``summary.json``; each ``.pt`` file has a ``.sha256``
+    sidecar (:mod:`famus.verified`). Every config value is checked before anything is written.
 
     With ``resume``, the run continues from its checkpoint, mid-epoch too, exactly as if never
     interrupted; the config may differ from the run's only in safe keys
@@ -333,7 +344,9 @@ def _restore(ck: dict[str, Any], path: Path, model, opt, learner, gen, data: Run
             position = EpochPosition.from_state(ck["position"], data.train_x.device)
             if position.perm.shape != (data.train_x.shape[0],) or not 0 < position.it < iters:
                 raise ValueError("its mid-epoch position does not fit the training set")
-        return int(ck["epoch"]), int(ck["step"]), float(ck["best_test_acc"]), float(ck["elapsed_s"]), position
+        best = ck["best_test_acc"]
+        return int(ck["epoch"]), int(ck["step"]), None if best is None else float(best), float(ck["elapsed_s"]), \
+            position
     except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise CorruptFileError(f"{path} does not fit this run ({type(e).__name__}: {first})") from None
@@ -367,6 +380,9 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             if dist.is_distributed():
                 rows = dist.shard(batch, "--batch-size")
                 shards = rows, dist.shard(meta_bs, "the meta batch size (--meta-batch-size)") if meta_bs else None
+    noise_line = describe_noise(cfg, data)
+    if noise_line and dist.is_main():
+        tqdm.write(noise_line, file=sys.stderr)  # injected noise is never silent
     if cfg.meta_set == "pseudo":
         return _train_pseudo_run(cfg, data, run_dir, device, ck)
     model, opt, loss_fn, learner = build_components(cfg, data, device)
@@ -375,10 +391,15 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
 
     # many/medium/few-shot groups by training class counts, reported for long-tailed runs
     groups, group_rule = data.class_groups() if cfg.imbalance > 1 else (None, None)
-    start_epoch, done, best, elapsed, position = 0, 0, 0.0, 0.0, None
+    start_epoch, done, best, elapsed, position = 0, 0, None, 0.0, None
+    selection = ModelSelection(data.has_val)  # model_best.pt: chosen on validation, never on test labels
+    scores = ScoreTracker(data.train_x.shape[0], device, cfg.score_decay) if learner is not None else None
     if ck is not None:
         start_epoch, done, best, elapsed, position = _restore(ck, run_dir / CHECKPOINT, model, opt, learner, gen,
                                                               data, iters, precision)
+        selection.load_state_dict(ck.get("selection"))
+        if scores is not None:
+            scores.load_state_dict(ck.get("scores"))
     step = done - (position.it if position is not None else 0)  # steps before the epoch in progress
     if main:
         start_run_folder(cfg, run_dir, data, device, ck is not None, done, groups, group_rule)
@@ -405,13 +426,13 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             "learner": learner.state_dict() if learner else None, "generator": gen.get_state(),
             "torch_rng": torch.random.get_rng_state(), "best_test_acc": best, "elapsed_s": elapsed,
             "config": cfg.to_dict(), "tracker": tracker.state_dict() if tracker else None,
-            "scaler": precision.scaler.state_dict() if precision.scaler is not None else None})
+            "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
+            "selection": selection.state_dict(), "scores": scores.state_dict() if scores else None})
         if schedule is not None:
             schedule.written()
 
     bar = tqdm(total=cfg.epochs * iters, initial=done, disable=not (cfg.progress and main),
                desc=f"{cfg.method}/{cfg.meta_grad}" if learner else "erm", unit="it", dynamic_ncols=True)
-    last = 0.0
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if loss_fn is not None:
@@ -419,24 +440,31 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             record = _train_epoch(cfg, model, opt, learner, data, gen, epoch, step, iters, batch, meta_bs, bar,
                                   loss_fn=loss_fn, tracker=tracker, shards=shards,
                                   position=position if epoch == start_epoch else None, schedule=schedule,
-                                  checkpoint=save, precision=precision)
+                                  checkpoint=save, precision=precision, scores=scores)
             step += iters
+            if scores is not None:
+                scores.end_epoch()  # every rank: the shards' weights are combined here
             # per-rank BatchNorm statistics: every rank continues from (and rank 0 saves) their average
             dist.average_buffers_(model)
             acc, per_class = evaluate(model, data, cfg.eval_batch_size)
-            last, best = acc, max(best, acc)
+            val_acc, _ = evaluate(model, data, cfg.eval_batch_size, "val")
+            best = acc if best is None else best if acc is None else max(best, acc)
+            chosen = selection.update(epoch + 1, val_acc, acc)
             elapsed += record.pop("epoch_time_s")
-            record.update(epoch=epoch + 1, step=step, test_acc=acc, best_test_acc=best, wall_time_s=elapsed,
-                          per_class_acc=[round(float(a), 6) for a in per_class])
-            if groups is not None:
+            record.update(epoch=epoch + 1, step=step, test_acc=acc, val_acc=val_acc, **selection.record(),
+                          best_test_acc=best, wall_time_s=elapsed)
+            if per_class is not None:
+                record["per_class_acc"] = [round(float(a), 6) for a in per_class]
+            if groups is not None and per_class is not None:
                 record.update(group_acc=group_accuracy(per_class, groups), group_rule=group_rule)
             if not main:
                 continue
             metrics.write(record)  # before the checkpoint: a kill between the two redoes the epoch and its record
-            if acc >= best:
-                save_checkpoint(run_dir / BEST, {"epoch": epoch + 1, "model": model.state_dict()})
+            if chosen:
+                save_checkpoint(run_dir / BEST, {"epoch": epoch + 1, "model": model.state_dict(),
+                                                 "selection": selection.rule})
             save(epoch + 1, step)
-            bar.set_postfix(test_acc=f"{acc:.4f}", best=f"{best:.4f}")
+            bar.set_postfix({k: f"{v:.4f}" for k, v in (("test_acc", acc), ("val_acc", val_acc)) if v is not None})
     finally:
         bar.close()
         if metrics is not None:
@@ -445,13 +473,12 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             tracker.close()
     if not main:  # the other ranks return rank 0's summary
         return dist.broadcast_object(None)
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    its = [r["time_per_iter_s"] for r in rows]
-    summary = {"run_dir": str(run_dir), "best_test_acc": best,
-               "last_test_acc": rows[-1]["test_acc"] if rows else last,
-               "time_per_iter_s": sum(its) / len(its) if its else math.nan, "epochs": len(rows)}
-    if rows and "group_acc" in rows[-1]:
-        summary.update(group_acc=rows[-1]["group_acc"], group_rule=rows[-1]["group_rule"])
+    summary = run_summary(run_dir, selection, data)
+    predicted, p_given = predict(model, data.train_x, data.train_y, data.augmenter, cfg.eval_batch_size)
+    source = score_source(cfg.method)
+    summary.update(finish_scores(run_dir, data, predicted, scores.score if source == "meta_weight" else p_given,
+                                 source))
+    write_summary(run_dir, summary)
     return dist.broadcast_object(summary)
 
 
@@ -484,15 +511,21 @@ def _write_run_header(cfg: TrainConfig, run_dir: Path, data: RunData, device: to
     run_info = {"seed": cfg.seed, "code_version": code_version(), "torch": torch.__version__,
                 "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
                 "train_examples": int(data.train_x.shape[0]), "meta_examples": int(data.meta_x.shape[0]),
-                "realised_noise_rate": data.noise.rate, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "noise": cfg.noise, "realised_noise_rate": data.noise.rate,
+                "meta_source": data.meta_source, "val_source": data.val_source,
+                "val_examples": int(data.val_y.numel()) if data.val_y is not None else 0,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "class_counts": data.class_counts().tolist()}
     if groups is not None:
         run_info.update(class_groups=groups, group_rule=group_rule)
     if dist.is_distributed():
         run_info.update(world_size=dist.world_size(), backend=torch.distributed.get_backend())
     atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+    if data.class_names is not None:  # index -> class name (folder names, list-file names, ...)
+        atomic_write_text(run_dir / "classes.json", json.dumps(data.class_names, indent=1) + "\n")
     save_noisy_labels(run_dir / "noisy_labels.pt", data.clean_y.cpu(), data.noise)
-    save_verified(run_dir / "split.pt", {"train_index": data.train_index, "meta_index": data.meta_index})
+    save_verified(run_dir / "split.pt", {"train_index": data.train_index, "meta_index": data.meta_index,
+                                         "meta_source": data.meta_source})
 
 
 def _train_pseudo_run(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.device,
@@ -503,9 +536,11 @@ def _train_pseudo_run(cfg: TrainConfig, data: RunData, run_dir: Path, device: to
     bar = tqdm(total=cfg.epochs * iters * 2, disable=not cfg.progress, unit="it",
                dynamic_ncols=True, desc=f"pseudo {cfg.method}/{cfg.meta_grad}" if cfg.method != "erm" else "pseudo erm")
     try:
-        return train_pseudo(cfg, data, run_dir, device, bar, ck)
+        summary = train_pseudo(cfg, data, run_dir, device, bar, ck)
     finally:
         bar.close()
+    write_summary(run_dir, summary)
+    return summary
 
 
 def _check_finite(bad: torch.Tensor, cfg: TrainConfig, epoch: int, step: int) -> None:
@@ -537,7 +572,7 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
                  tracker=None, shards=(None, None), position: EpochPosition | None = None,
                  schedule: CheckpointSchedule | None = None,
                  checkpoint: Callable[[int, int, EpochPosition], None] | None = None,
-                 precision: Precision | None = None):
+                 precision: Precision | None = None, scores: ScoreTracker | None = None):
     """One epoch, or its rest from ``position``; returns its metrics record (floats), syncing only
     every ``log_every`` steps.
 
@@ -586,6 +621,8 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
                 tracker.record(step + it + 1, epoch + 1, learner, x, y, xm, ym, stats, data.corrupted[idx])
                 t_epoch += time.perf_counter() - t_track
             loss = stats.train_loss
+            if scores is not None:
+                scores.visit(idx, stats.weights, batch)  # scatter on the device, no sync
             pos.meta_sum += stats.meta_loss.double()
             w = stats.weights.double()
             if distributed:  # the union batch's share, from every rank's sums (at the epoch's end)

@@ -16,7 +16,6 @@ precision and recall.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -33,7 +32,10 @@ from famus.train.checkpoint import CHECKPOINT, CheckpointSchedule, CorruptFileEr
 from famus.train.config import TrainConfig
 from famus.train.data import RunData
 from famus.train.metrics import MetricsWriter
+from famus.train.scores import finish_scores, score_source
+from famus.train.selection import ModelSelection
 from famus.train.semi import SemiLoss, mix_batch, prior_penalty
+from famus.train.summary import run_summary
 
 PSEUDO_DEFAULTS = dict(warmup_epochs=1, p_threshold=0.5, meta_threshold=0.5, alpha=4.0, lambda_u=25.0,
                        rampup_epochs=16, temperature=0.5, min_meta=10, refine=True, prior_penalty=True,
@@ -74,20 +76,41 @@ def eval_losses(model: torch.nn.Module, data: RunData, batch_size: int) -> torch
 
 
 @torch.no_grad()
-def _accuracies(models: list[torch.nn.Module], data: RunData, batch_size: int) -> list[float]:
-    """Test accuracy of each model, then of their ensemble (mean logits); one pass per model."""
+def _accuracies(models: list[torch.nn.Module], data: RunData, batch_size: int, split: str = "test") -> list:
+    """Accuracy of each model on the ``test`` (or ``val``) split, then of their ensemble (mean logits); one
+    pass per model. ``None`` for each when the split is empty."""
+    xs, ys = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
+    if ys is None or ys.numel() == 0:
+        return [None] * (len(models) + 1)
     for m in models:
         m.eval()
     correct = torch.zeros(len(models) + 1, dtype=torch.long)
-    for i in range(0, data.test_x.shape[0], batch_size):
-        x = data.augmenter.normalize(data.test_x[i : i + batch_size])
-        y = data.test_y[i : i + batch_size]
+    for i in range(0, xs.shape[0], batch_size):
+        x = data.augmenter.normalize(xs[i : i + batch_size])
+        y = ys[i : i + batch_size]
         logits = [m(x) for m in models]
         logits.append(sum(logits) / len(models))
         correct += torch.stack([(z.argmax(1) == y).sum().cpu() for z in logits])
     for m in models:
         m.train()
-    return (correct.double() / data.test_y.numel()).tolist()
+    return (correct.double() / ys.numel()).tolist()
+
+
+@torch.no_grad()
+def _final_scores(nets, data: RunData, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted (N,), clean score (N,))``: the ensemble's (mean logits) prediction and the mean of the two
+    networks' GMM clean probabilities, from the final models' losses against the given labels."""
+    probs = [torch.as_tensor(gmm_clean_probability(eval_losses(m, data, batch_size), seed=seed)).float()
+             for m, _, _ in nets]
+    for m, _, _ in nets:
+        m.eval()
+    predicted = []
+    for i in range(0, data.train_x.shape[0], batch_size):
+        x = data.augmenter.normalize(data.train_x[i : i + batch_size])
+        predicted.append(sum(m(x) for m, _, _ in nets).argmax(1).cpu())
+    for m, _, _ in nets:
+        m.train()
+    return torch.cat(predicted), sum(probs) / len(probs)
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -257,8 +280,9 @@ def _restore(ck: dict[str, Any], path: Path, nets, gen, rng, data: RunData, iter
             if [p.shape for p in position.probs] != [(n,), (n,)] or position.k not in (0, 1) or not (
                     0 <= position.it <= iters) or (position.perm is not None and position.perm.shape != (n,)):
                 raise ValueError("its mid-epoch position does not fit the training set")
-        return (int(ck["epoch"]), int(ck["step"]), float(ck["best_test_acc"]), float(ck["elapsed_s"]),
-                float(ck.get("last_test_acc", 0.0)), position)
+        best, last = ck["best_test_acc"], ck.get("last_test_acc")
+        return (int(ck["epoch"]), int(ck["step"]), None if best is None else float(best), float(ck["elapsed_s"]),
+                None if last is None else float(last), position)
     except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise CorruptFileError(f"{path} does not fit this run ({type(e).__name__}: {first})") from None
@@ -290,11 +314,13 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
     iters = n // batch
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # batches, augmentation, mixing permutations
     rng = np.random.default_rng(cfg.seed + 3)  # Beta draws for mixup
-    start_epoch, step, best, elapsed, last, position = 0, 0, 0.0, 0.0, 0.0, None
+    start_epoch, step, best, elapsed, last, position = 0, 0, None, 0.0, 0.0, None
+    selection = ModelSelection(data.has_val)  # on the ensemble's validation accuracy; never on test labels
     if ck is not None:
         start_epoch, step, best, elapsed, last, position = _restore(ck, run_dir / CHECKPOINT, nets, gen, rng, data,
                                                                     iters)
         step -= position.k * iters + position.it if position is not None else 0  # steps before this epoch
+        selection.load_state_dict(ck.get("selection"))
         bar.n = bar.initial = int(ck["step"])  # the progress bar resumes where the run stopped
         bar.refresh()
     start_run_folder(cfg, run_dir, data, device, ck is not None, int(ck["step"]) if ck is not None else 0)
@@ -310,7 +336,7 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
             "optimizers": [o.state_dict() for _, o, _ in nets],
             "learners": [lr_.state_dict() if lr_ else None for _, _, lr_ in nets],
             "generator": gen.get_state(), "numpy_rng": rng.bit_generator.state,
-            "torch_rng": torch.random.get_rng_state()})
+            "torch_rng": torch.random.get_rng_state(), "selection": selection.state_dict()})
         schedule.written()
 
     def hook(pos: PseudoPosition, loss: torch.Tensor) -> None:
@@ -355,17 +381,19 @@ def train_pseudo(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
             step += steps
             elapsed += epoch_time
             acc1, acc2, last = _accuracies([nets[0][0], nets[1][0]], data, cfg.eval_batch_size)
-            best = max(best, last)
+            val = _accuracies([nets[0][0], nets[1][0]], data, cfg.eval_batch_size, "val")[-1]
+            best = last if best is None else best if last is None else max(best, last)
+            selection.update(epoch + 1, val, last)
             logged = max(1, 2 * ((iters + cfg.log_every - 1) // cfg.log_every))
-            record.update(step=step, test_acc=last, best_test_acc=best, test_acc_net1=acc1, test_acc_net2=acc2,
-                          train_loss=sum(pos.loss_sums) / logged, time_per_iter_s=epoch_time / max(steps, 1),
-                          wall_time_s=elapsed)
+            record.update(step=step, test_acc=last, val_acc=val, **selection.record(), best_test_acc=best,
+                          test_acc_net1=acc1, test_acc_net2=acc2, train_loss=sum(pos.loss_sums) / logged,
+                          time_per_iter_s=epoch_time / max(steps, 1), wall_time_s=elapsed)
             metrics.write(record)  # before the checkpoint: a kill between the two redoes the epoch and its record
             save(epoch + 1, step)
-            bar.set_postfix(test_acc=f"{last:.4f}", best=f"{best:.4f}")
+            bar.set_postfix({k: f"{v:.4f}" for k, v in (("test_acc", last), ("val_acc", val)) if v is not None})
     finally:
         metrics.close()
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    its = [r["time_per_iter_s"] for r in rows]
-    return {"run_dir": str(run_dir), "best_test_acc": best, "last_test_acc": rows[-1]["test_acc"] if rows else last,
-            "time_per_iter_s": sum(its) / len(its) if its else math.nan, "epochs": len(rows)}
+    summary = run_summary(run_dir, selection, data)
+    predicted, score = _final_scores(nets, data, cfg.eval_batch_size, cfg.seed)
+    summary.update(finish_scores(run_dir, data, predicted, score, score_source(cfg.method, "pseudo")))
+    return summary

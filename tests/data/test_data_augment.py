@@ -37,10 +37,10 @@ def matching_windows(
     return found
 
 
-def toy_dataset(channels: int, size: int) -> Dataset:
+def toy_dataset(channels: int, size: int, flip: bool = False) -> Dataset:
     x = torch.zeros(2, channels, size, size, dtype=torch.uint8)
     y = torch.tensor([0, 1])
-    return Dataset("toy", x, y, x, y, 2, (0.5,) * channels, (0.25,) * channels)
+    return Dataset("toy", x, y, x, y, 2, (0.5,) * channels, (0.25,) * channels, flip=flip)
 
 
 def test_output_shape_dtype_and_device():
@@ -101,8 +101,13 @@ def test_normalize_matches_formula():
 
 
 def test_for_dataset_recipes():
-    cifar = Augmenter.for_dataset(toy_dataset(3, 32))
+    cifar = Augmenter.for_dataset(toy_dataset(3, 32, flip=True))  # CIFAR's loaders set flip=True
     assert (cifar.crop, cifar.padding, cifar.flip) == (32, 4, True)
+    own = Augmenter.for_dataset(toy_dataset(3, 32))  # your own colour images: flips are opt-in
+    assert (own.crop, own.padding, own.flip) == (32, 4, False)
+    assert Augmenter.for_dataset(toy_dataset(3, 32), flip=True).flip
+    assert Augmenter.for_dataset(toy_dataset(1, 28), crop=False).crop is None
+    assert not Augmenter.for_dataset(toy_dataset(3, 32, flip=True), flip=False).flip
     digits = Augmenter.for_dataset(toy_dataset(1, 8))
     assert digits.crop is None and not digits.flip and not digits.augments
     assert digits.mean == (0.5,) and digits.std == (0.25,)

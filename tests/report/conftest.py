@@ -77,6 +77,9 @@ def write_run(root: Path, name: str, method="mwnet", engine="famus", epochs=3, i
                        stage_time_s={s: it / 8 for s in STAGES})
             if engine == "famus":
                 rec["gate_rate"] = {"conv": 0.2 * e / epochs, "hidden": 0.5, "fc": 1.0}
+            rec["quality_steps"] = [{"step": (e - 1) * iters + k, "weight_auroc": 0.5 + 0.1 * e, "clean_lift": 0.05 * e,
+                                     "v_curve": {"0.1": 0.6, "1": 0.5 - 0.05 * e, "5": 0.4 - 0.1 * e}}
+                                    for k in (iters // 2, iters)]
         recs.append(rec)
     if metrics:
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -123,7 +126,7 @@ def real_run(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("real") / "mw-famus-digits"
     cfg = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, epochs=2, method="mwnet",
-               meta_grad="famus", progress=False, out=str(run), threads=1)
+               meta_grad="famus", progress=False, out=str(run), threads=1, noise="symmetric", noise_rate=0.4)
     train(cfg)  # sets one thread process-wide, as the package fixture does (and undoes)
 
     data = prepare_data(TrainConfig(**{k: v for k, v in cfg.items() if k != "out"}))

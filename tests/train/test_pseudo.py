@@ -6,13 +6,14 @@ import math
 import pytest
 import torch
 
+import famus
 import famus.train.pseudo as pseudo
 from famus.train import TrainConfig, train
 from famus.train import data as data_mod
 from famus.train.checkpoint import load_checkpoint
 
 COMMON = dict(dataset="digits", model="mlp", method="mwnet", meta_grad="famus", meta_set="pseudo", epochs=3,
-              batch_size=64, lr=0.05, noise_rate=0.5, progress=False, seed=2,
+              batch_size=64, lr=0.05, noise="symmetric", noise_rate=0.5, progress=False, seed=2,
               pseudo_options={"warmup_epochs": 1, "rampup_epochs": 1})
 
 
@@ -28,6 +29,11 @@ def test_pseudo_run_records_split_quality(tmp_path):
     assert summary["best_test_acc"] > 0.5
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["meta_examples"] == 0  # no held-out clean set in this mode
+    # the clean score of pseudo mode is the GMM's clean probability; it finds the injected noise
+    issues = famus.label_issues(tmp_path / "run")
+    assert summary["clean_score"] == "gmm_clean_probability" and len(issues) == run["train_examples"]
+    assert ((issues.clean_score >= 0) & (issues.clean_score <= 1)).all()
+    assert summary["label_issues"]["auroc"] > 0.8 and summary["selection"] == "last epoch (no validation data)"
 
 
 def test_training_never_reads_clean_labels(tmp_path, monkeypatch):

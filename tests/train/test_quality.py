@@ -68,7 +68,7 @@ def test_lift_onset_and_v_curve():
 
 def test_quality_logging_does_not_change_training(tmp_path, one_thread):
     common = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, method="mwnet",
-                  meta_grad="famus", lr=0.05, progress=False, epochs=2, log_every=5)
+                  meta_grad="famus", lr=0.05, progress=False, epochs=2, log_every=5, noise="symmetric", noise_rate=0.4)
     train(TrainConfig(**common, out=str(tmp_path / "on")))
     train(TrainConfig(**common, out=str(tmp_path / "off"), log_quality=False))
     a = load_checkpoint(tmp_path / "on" / "checkpoint.pt")

@@ -23,8 +23,10 @@ from famus.train.checkpoint import CheckpointSchedule, load_checkpoint
 from famus.verified import PAUSE_ENV, CorruptFileError, checksum_path
 
 REPO = Path(famus.__file__).resolve().parents[1]
-BASE = ["--dataset", "digits", "--model", "mlp", "--meta-per-class", "10", "--batch-size", "64", "--no-progress"]
-COMMON = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, lr=0.05, progress=False, threads=1)
+BASE = ["--dataset", "digits", "--model", "mlp", "--meta-per-class", "10", "--batch-size", "64", "--no-progress",
+        "--noise", "symmetric", "--noise-rate", "0.4"]
+COMMON = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, lr=0.05, progress=False, threads=1,
+              noise="symmetric", noise_rate=0.4)
 TIME_KEYS = {"time_per_iter_s", "wall_time_s", "stage_time_s", "epoch_time_s", "tracking_time_s"}
 STATE_KEYS = ("epoch", "step", "position", "model", "optimizer", "learner", "generator", "torch_rng", "best_test_acc",
               "tracker", "models", "optimizers", "learners", "numpy_rng", "last_test_acc")

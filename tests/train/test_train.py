@@ -12,6 +12,7 @@ from famus.train import TrainConfig, train
 from famus.train.checkpoint import load_checkpoint
 
 BASE = ["--dataset", "digits", "--model", "mlp", "--meta-per-class", "10", "--batch-size", "64", "--no-progress"]
+NOISE = ["--noise", "symmetric", "--noise-rate", "0.4"]  # noise is off unless asked for
 
 
 def test_train_cli_digits_two_epochs(tmp_path, capsys):
@@ -38,8 +39,8 @@ def test_train_cli_digits_two_epochs(tmp_path, capsys):
 def test_same_seed_gives_same_noisy_labels_for_every_method(tmp_path):
     a = tmp_path / "a"
     b = tmp_path / "b"
-    assert main(["train", *BASE, "--epochs", "1", "--method", "erm", "--out", str(a)]) == 0
-    assert main(["train", *BASE, "--epochs", "1", "--method", "l2r", "--out", str(b)]) == 0
+    assert main(["train", *BASE, *NOISE, "--epochs", "1", "--method", "erm", "--out", str(a)]) == 0
+    assert main(["train", *BASE, *NOISE, "--epochs", "1", "--method", "l2r", "--out", str(b)]) == 0
     la = (a / "noisy_labels.pt").read_bytes()
     lb = (b / "noisy_labels.pt").read_bytes()
     assert la == lb
@@ -48,7 +49,7 @@ def test_same_seed_gives_same_noisy_labels_for_every_method(tmp_path):
 @pytest.mark.parametrize("method,engine", [("mwnet", "famus"), ("erm", "exact")])
 def test_resume_equals_uninterrupted(tmp_path, method, engine):
     common = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, method=method,
-                  meta_grad=engine, lr=0.05, progress=False, milestones=[1])
+                  meta_grad=engine, lr=0.05, progress=False, milestones=[1], noise="symmetric", noise_rate=0.4)
     full = train(TrainConfig(**common, epochs=2, out=str(tmp_path / "full")))
     train(TrainConfig(**common, epochs=1, out=str(tmp_path / "part")))
     resumed = train(TrainConfig(**common, epochs=2, out=str(tmp_path / "part"), resume=True))
@@ -60,6 +61,11 @@ def test_resume_equals_uninterrupted(tmp_path, method, engine):
     assert full["best_test_acc"] == resumed["best_test_acc"]
     rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+    # the clean scores' running means and the model selection continue too
+    scores = [(tmp_path / run / "example_scores.csv").read_text() for run in ("full", "part")]
+    assert scores[0] == scores[1]
+    for key in ("val_chosen_acc", "val_chosen_epoch", "label_issues"):
+        assert full.get(key) == resumed.get(key), key
 
 
 def _err(capsys):
@@ -72,7 +78,7 @@ def _err(capsys):
     "args,needle",
     [
         (["--noise-rate", "1.5"], "noise rate must be in [0, 1]"),
-        (["--dataset", "nope"], "unknown dataset 'nope'; valid datasets: cifar10"),
+        (["--dataset", "nope"], "unknown dataset 'nope'; valid datasets: arrays, cifar10"),
         (["--model", "nope"], "unknown model 'nope'"),
         (["--method", "nope"], "unknown method 'nope'; valid methods: l2r, mlc, mwnet"),
         (["--meta-grad", "nope"], "unknown engine 'nope'"),
@@ -164,7 +170,8 @@ def main_raise(argv):
 
 def test_track_every_then_report(tmp_path):
     out = tmp_path / "run"
-    assert main(["train", *BASE, "--epochs", "1", "--meta-grad", "famus", "--track-every", "5", "--out", str(out)]) == 0
+    assert main(["train", *BASE, *NOISE, "--epochs", "1", "--meta-grad", "famus", "--track-every", "5",
+                 "--out", str(out)]) == 0
     rows = [json.loads(x) for x in (out / "tracking.jsonl").read_text().splitlines()]
     assert rows and all(-1.0001 <= r["meta_grad"]["cosine"] <= 1.0001 for r in rows)
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0

@@ -1,0 +1,122 @@
+"""Per-example clean scores, for the list of likely mislabeled examples (``example_scores.csv``).
+
+* Meta-weighting methods (MW-Net, L2R): the meta model's weight of the example, as a running mean
+  over its visits. At each visit the weight is taken relative to the uniform one, ``c_i * B``
+  (``B`` the global batch size: 1.0 is an average example), and folded into an exponential moving
+  average over visits (``decay``, :attr:`TrainConfig.score_decay`; the first visit sets it). It is
+  tracked on the device: each step scatters the batch's weights into an ``(N,)`` tensor, with no
+  host sync; the moving average is updated once per epoch (every example is visited at most once
+  per epoch), which is also where several processes combine their shards (one all-reduce).
+* Pseudo-clean co-training: the GMM's clean probability (see :mod:`famus.train.pseudo`).
+* ERM and MLC (uniform weights): the final model's probability of the given label.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from famus import distributed as dist
+from famus.data import Augmenter
+
+if TYPE_CHECKING:
+    from famus.train.data import RunData
+
+WEIGHT_SCORED = ("mwnet", "l2r")  # methods whose per-example weights say which labels look clean
+
+
+def score_source(method: str, meta_set: str = "clean") -> str:
+    """What the clean score of a run is: ``gmm_clean_probability``, ``meta_weight`` or ``prob_given_label``."""
+    if meta_set == "pseudo":
+        return "gmm_clean_probability"
+    return "meta_weight" if method in WEIGHT_SCORED else "prob_given_label"
+
+
+class ScoreTracker:
+    """Running mean over visits of each training example's relative meta weight ``c_i * B``.
+
+    Args:
+        n: number of training examples N.
+        device: where the ``(N,)`` tensors live (the training device).
+        decay: weight of the previous mean at each new visit, in ``[0, 1)``.
+    """
+
+    def __init__(self, n: int, device: torch.device | str, decay: float = 0.5) -> None:
+        self.decay = decay
+        self.score = torch.full((n,), math.nan, dtype=torch.float32, device=device)
+        self.visits = torch.zeros(n, dtype=torch.int32, device=device)
+        self._epoch = torch.full((n,), math.nan, dtype=torch.float32, device=device)
+
+    def visit(self, idx: Tensor, weights: Tensor, batch_size: int) -> None:
+        """Record one step: ``idx`` ``(b,)`` distinct example indices, ``weights`` ``(b,)`` their coefficients
+        ``c_i`` of the (global) batch of ``batch_size`` examples. No host sync."""
+        self._epoch[idx] = weights.detach().float() * batch_size
+
+    def end_epoch(self) -> None:
+        """Fold the epoch's visits into the moving average (all-reduces the epoch's weights over processes)."""
+        seen = ~torch.isnan(self._epoch)
+        weights = torch.where(seen, self._epoch, torch.zeros_like(self._epoch))
+        if dist.is_distributed():  # each example was visited by at most one process this epoch
+            weights, count = dist.sum_over_ranks([weights, seen.float()])
+            seen = count > 0
+        first = seen & (self.visits == 0)
+        mixed = self.decay * self.score + (1 - self.decay) * weights
+        self.score = torch.where(first, weights, torch.where(seen, mixed, self.score))
+        self.visits += seen.int()
+        self._epoch.fill_(math.nan)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"score": self.score.cpu(), "visits": self.visits.cpu(), "decay": self.decay}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.score = state["score"].to(self.score.device)
+            self.visits = state["visits"].to(self.visits.device)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, y: Tensor, augmenter: Augmenter, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Eval-mode predictions on un-augmented examples.
+
+    Args:
+        x: ``(N, C, H, W)`` examples (uint8 images or float features); y: ``(N,)`` given labels.
+
+    Returns:
+        ``(predicted (N,) int64, probability of the given label (N,) float32)``, on the CPU.
+    """
+    was = model.training
+    model.eval()
+    preds, probs = [], []
+    for i in range(0, x.shape[0], batch_size):
+        p = F.softmax(model(augmenter.normalize(x[i : i + batch_size])).float(), dim=1)
+        preds.append(p.argmax(1).cpu())
+        probs.append(p.gather(1, y[i : i + batch_size, None]).squeeze(1).cpu())
+    model.train(was)
+    return torch.cat(preds), torch.cat(probs)
+
+
+def finish_scores(run_dir: Path, data: RunData, predicted: Tensor, score: Tensor, source: str) -> dict[str, Any]:
+    """Write ``example_scores.csv`` and measure it against the injected noise, where there is some.
+
+    Args:
+        predicted: ``(N,)`` the final model's predicted labels; score: ``(N,)`` clean scores (CPU or device).
+        source: what the score is (:func:`score_source`).
+
+    Returns:
+        ``{"clean_score": source}`` plus ``"label_issues"``: :func:`famus.issues.detection_quality` when the run
+        injected noise (AUROC and precision at N of the clean score against the known corrupted labels).
+    """
+    from famus.issues import SCORES_FILE, detection_quality, write_scores
+
+    score_np = score.detach().float().cpu().numpy()
+    write_scores(run_dir / SCORES_FILE, data.train_index.cpu().numpy(), data.train_paths,
+                 data.train_y.cpu().numpy(), predicted.cpu().numpy(), score_np, data.class_names)
+    out: dict[str, Any] = {"clean_score": source}
+    if data.noise_known:
+        out["label_issues"] = detection_quality(score_np, data.corrupted.cpu().numpy())
+    return out
