@@ -37,6 +37,8 @@ class StepStats:
         times: seconds for each of the six stages of the paper's Fig. 1b.
         aux: further detached scalars (``loss_r``, ``loss_g``).
         meta_skipped: 0-d float, 1.0 when the meta gradient was not finite and was not applied.
+        meta_updated: whether this step updated the meta parameters (``False`` in the meta warm-up
+            and between the meta updates of ``meta_every``; ``meta_loss`` is then NaN).
     """
 
     weights: Tensor
@@ -46,6 +48,7 @@ class StepStats:
     times: dict[str, float]
     aux: dict[str, Tensor] = field(default_factory=dict)
     meta_skipped: Tensor | None = None
+    meta_updated: bool = True
 
     @property
     def iteration_s(self) -> float:
@@ -205,6 +208,12 @@ class MetaLearner:
             iteration's meta update: Eq. 5 with a one-step delay (not the paper's algorithm).
             An iteration then costs one forward and backward on the training batch plus the
             meta-batch work. Needs meta parameters that persist across steps (MW-Net, not L2R).
+        meta_every: update the meta parameters (meta model, FaMUS samplers) on every ``meta_every``-th
+            step only; the steps between are ordinary steps weighted by the current meta model
+            (one forward and backward; L2R, which keeps no meta parameters, weighs them uniformly).
+        meta_warmup: the first ``meta_warmup`` steps are ordinary, uniformly weighted steps with no
+            meta update (docs/learning-quality.md: it skips the first steps' meta gradient, which points
+            the wrong way while all features are alike).
         **options: options of the method (e.g. ``meta_lr``, ``normalize``) or of the engine
             (e.g. ``k``, ``temperature``, ``candidates``, ``fd_eps``); an unknown one is an error.
 
@@ -227,6 +236,8 @@ class MetaLearner:
         seed: int = 0,
         reuse_forward: bool = True,
         lagged: bool = False,
+        meta_every: int = 1,
+        meta_warmup: int = 0,
         **options,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -255,6 +266,11 @@ class MetaLearner:
                 f"lagged mode needs meta parameters that persist across steps; {self.method.name!r} resets "
                 "them every step, so its Virtual-Train gradient is not a training gradient"
             )
+        if isinstance(meta_every, bool) or not isinstance(meta_every, int) or meta_every < 1:
+            raise ValueError(f"meta_every must be an int >= 1, got {meta_every!r}")
+        if isinstance(meta_warmup, bool) or not isinstance(meta_warmup, int) or meta_warmup < 0:
+            raise ValueError(f"meta_warmup must be an int >= 0, got {meta_warmup!r}")
+        self.meta_every, self.meta_warmup = meta_every, meta_warmup
         self.reuse_forward, self.lagged = bool(reuse_forward), bool(lagged)
         self.reused_forward = False  # whether the last step reused the virtual forward
         # the meta model, samplers and meta losses stay in this dtype (float32 for a 16-bit model)
@@ -436,9 +452,34 @@ class MetaLearner:
         guard.guarded(optimizers, ok, steps)
         return (~ok).to(torch.float32)
 
+    def meta_step_due(self) -> bool:
+        """Whether the next :meth:`step` updates the meta parameters (``meta_warmup``, ``meta_every``)."""
+        k = self.steps - self.meta_warmup
+        return k >= 0 and k % self.meta_every == 0
+
+    def plain_step(self, x: Inputs, y: Tensor, *, scaler: torch.amp.GradScaler | None = None) -> StepStats:
+        """An ordinary step, no meta update: uniform weights in the meta warm-up, else the current meta model's."""
+        self._validate(x, y, x, y if y.dim() == 1 else y.argmax(1))
+        self.model.train()
+        timer = StageTimer(self.device)
+        logits = io.forward(self.model, None, x)
+        loss, c = precision.plain_loss(self.method, io.logits_of(logits), y, self.steps < self.meta_warmup,
+                                       self.dtype)
+        timer.mark("actual_forward")
+        loss = self._actual_step(loss, scaler)
+        timer.mark("actual_backward")
+        self.steps += 1
+        nan = loss.new_full((), float("nan")).detach()
+        return StepStats(weights=c.detach(), train_loss=loss.detach(), meta_loss=nan, gates=None,
+                         times={s: timer.times.get(s, 0.0) for s in STAGES}, meta_skipped=torch.zeros(()),
+                         meta_updated=False)
+
     def step(self, x: Inputs, y: Tensor, x_meta: Inputs, y_meta: Tensor, *,
              scaler: torch.amp.GradScaler | None = None) -> StepStats:
         """One meta-learning iteration: :meth:`meta_update`, then Actual-Train (Eq. 5).
+
+        With ``meta_every > 1`` or ``meta_warmup > 0``, the steps without a meta update are
+        :meth:`plain_step` (``x_meta`` unused).
 
         Actual-Train: the method's loss on the Actual-Train logits (the reused Virtual-Train forward
         where possible), ``zero_grad``, backward and the optimizer step.
@@ -449,6 +490,8 @@ class MetaLearner:
             scaler: a ``torch.amp.GradScaler`` (float16 autocast): the backward and the optimizer step go
                 through it (not in lagged mode, whose gradient comes from Virtual-Train unscaled).
         """
+        if not self.meta_step_due():
+            return self.plain_step(x, y, scaler=scaler)
         update = self.meta_update(x, y, x_meta, y_meta)
         timer = StageTimer(self.device)
         if self.lagged:

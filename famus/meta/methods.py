@@ -108,6 +108,20 @@ class MetaMethod:
         """Actual-Train loss (Eq. 5) with the updated meta parameters; ``c`` is detached."""
         raise NotImplementedError
 
+    def plain_loss(self, logits: Tensor, y: Tensor, uniform: bool = False) -> tuple[Tensor, Tensor]:
+        """Actual-Train loss of a step without a meta update, and its coefficients ``c`` (detached).
+
+        ``uniform``: every example weighs ``1/n`` (the meta warm-up: ordinary training). Otherwise
+        the current meta parameters (amortized steps between meta updates, ``meta_every``); a method
+        whose meta parameters do not persist across steps (L2R) has none, and weighs uniformly.
+        """
+        if uniform or not self.lagged_ok:
+            losses = per_example_losses(getattr(self, "loss_fn", None), logits, y)
+            c = torch.full_like(losses, 1.0 / (losses.numel() * dist.world_size()))
+            return self._total(c, losses, logits), c
+        loss, c = self.actual_loss(logits, y, {})
+        return loss, c.detach()
+
     def state_dict(self) -> dict:
         """Meta model and meta optimizer state (empty for methods without a meta model)."""
         if self.meta_model is None:

@@ -143,6 +143,10 @@ class MLC(MetaMethod):
         c = torch.full_like(losses, 1.0 / (losses.numel() * dist.world_size()))
         return self._total(c, losses, logits), c
 
+    def plain_loss(self, logits: Tensor, y: Tensor, uniform: bool = False) -> tuple[Tensor, Tensor]:
+        """Always the corrected loss with the current ``T``: MLC corrects labels, its weights are uniform anyway."""
+        return self.actual_loss(logits, y, {})
+
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         # apply() already moved T: Eq. 5 trains w with the updated meta parameters, held fixed here
         losses = corrected_nll(logits, y, self.meta_model.T_logits.detach())

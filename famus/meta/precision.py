@@ -62,6 +62,12 @@ def actual_loss(method: Any, logits: Tensor, y: Tensor, meta_grads: dict[str, Te
         return method.actual_loss(upcast(logits, dtype), y, meta_grads)
 
 
+def plain_loss(method: Any, logits: Tensor, y: Tensor, uniform: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``method.plain_loss`` (a step without a meta update) on ``(n, C)`` logits, in full precision."""
+    with full_precision(logits.device):
+        return method.plain_loss(upcast(logits, dtype), y, uniform)
+
+
 def meta_ce(logits: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
     """``L_c``: mean cross-entropy of ``(m, C)`` meta logits, in full precision."""
     with full_precision(logits.device):

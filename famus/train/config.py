@@ -54,6 +54,8 @@ class TrainConfig:
     meta_grad: str = DEFAULT_ENGINE  # fd (exact meta gradient, one extra forward), exact, famus, jvp, ...
     method_options: dict[str, Any] = field(default_factory=dict)  # meta_lr, normalize, ...
     engine_options: dict[str, Any] = field(default_factory=dict)  # k, temperature, candidates, ...
+    meta_every: int = 1  # update the meta model every k-th step; the others are ordinary weighted steps
+    meta_warmup: int = 0  # the first steps train without meta updates, uniformly weighted
     meta_batch_size: int | None = None  # default: batch_size
     # training loss (famus.losses): ce, ldam, focal, cb; per-class terms use the training label counts.
     # erm, l2r and mwnet train on it (MW-Net's meta model sees it); the meta loss stays cross-entropy.
@@ -109,6 +111,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.meta_every < 1 or self.meta_warmup < 0:
+            raise ValueError(f"meta_every must be >= 1 and meta_warmup >= 0, got {self.meta_every} and "
+                             f"{self.meta_warmup}")
         for name in ("meta_batch_size", "train_subset", "threads", "checkpoint_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")

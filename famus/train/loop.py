@@ -235,6 +235,7 @@ def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed
         if "num_classes" in _init_params(cfg.method) and "num_classes" not in cfg.method_options:
             extra["num_classes"] = data.num_classes  # MLC's transition matrix is C x C
         learner = MetaLearner(model, opt, cfg.method, cfg.meta_grad, seed=cfg.seed + 2 + seed_offset,
+                              meta_every=cfg.meta_every, meta_warmup=cfg.meta_warmup,
                               **cfg.method_options, **cfg.engine_options, **extra)
         learner.bind(data.augmenter.normalize(data.train_x[:2]))
     return model, opt, loss_fn, learner
@@ -292,6 +293,7 @@ class EpochPosition:
     clean_mass: torch.Tensor
     bad: torch.Tensor  # a NaN or inf loss not yet reported
     skipped: torch.Tensor  # meta steps skipped for a non-finite meta gradient
+    meta_steps: int = 0  # steps that updated the meta parameters (meta_every, meta_warmup)
     stage: dict[str, float] = field(default_factory=dict)  # stage times (s)
     gates: dict[str, torch.Tensor] = field(default_factory=dict)  # FaMUS gate counts
     time_s: float = 0.0  # training time of the epoch so far
@@ -310,7 +312,7 @@ class EpochPosition:
         """Tensors, numbers and plain containers (a checkpoint's ``position``)."""
         return {"iteration": self.it, "perm": self.perm.cpu(), "loss_sum": self.loss_sum.cpu(),
                 "meta_sum": self.meta_sum.cpu(), "clean_mass": self.clean_mass.cpu(), "bad": self.bad.cpu(),
-                "skipped": self.skipped.cpu(), "stage": dict(self.stage),
+                "skipped": self.skipped.cpu(), "meta_steps": self.meta_steps, "stage": dict(self.stage),
                 "gates": {k: v.cpu() for k, v in self.gates.items()}, "time_s": self.time_s,
                 "quality": self.quality, "windows": list(self.windows)}
 
@@ -319,7 +321,8 @@ class EpochPosition:
         """The position saved by :meth:`state_dict`, its tensors on ``device``."""
         t = {k: state[k].to(device) for k in ("perm", "loss_sum", "meta_sum", "clean_mass", "bad", "skipped")}
         return cls(t["perm"], int(state["iteration"]), t["loss_sum"], t["meta_sum"], t["clean_mass"], t["bad"],
-                   t["skipped"], dict(state["stage"]), {k: v.to(device) for k, v in state["gates"].items()},
+                   t["skipped"], int(state["meta_steps"]), dict(state["stage"]),
+                   {k: v.to(device) for k, v in state["gates"].items()},
                    float(state["time_s"]), state.get("quality"), list(state.get("windows", [])))
 
 
@@ -608,11 +611,13 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
         if learner is None:
             loss = _erm_step(model, opt, x, y, loss_fn, precision)
         else:
-            midx = torch.randperm(data.meta_x.shape[0], generator=gen)[:meta_bs].to(dev)
-            xm = data.augmenter(data.meta_x[midx], gen, meta_rows)
-            if meta_rows is not None:
-                midx = midx[meta_rows]
-            ym = data.meta_y[midx]
+            xm = ym = None  # meta batches only where a meta update (or tracking) uses them: meta_every, warm-up
+            if learner.meta_step_due() or (tracker is not None and tracker.should_track(step + it + 1)):
+                midx = torch.randperm(data.meta_x.shape[0], generator=gen)[:meta_bs].to(dev)
+                xm = data.augmenter(data.meta_x[midx], gen, meta_rows)
+                if meta_rows is not None:
+                    midx = midx[meta_rows]
+                ym = data.meta_y[midx]
             with precision.autocast():
                 stats = learner.step(x, y, xm, ym, scaler=precision.scaler)
             pos.skipped += stats.meta_skipped
@@ -623,7 +628,9 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
             loss = stats.train_loss
             if scores is not None:
                 scores.visit(idx, stats.weights, batch)  # scatter on the device, no sync
-            pos.meta_sum += stats.meta_loss.double()
+            if stats.meta_updated:
+                pos.meta_sum += stats.meta_loss.double()
+                pos.meta_steps += 1
             w = stats.weights.double()
             if distributed:  # the union batch's share, from every rank's sums (at the epoch's end)
                 shares.append(torch.stack([(w * (~data.corrupted[idx]).double()).sum(), w.sum()]))
@@ -665,7 +672,8 @@ def _train_epoch(cfg, model, opt, learner, data: RunData, gen, epoch, step, iter
     record: dict[str, Any] = {"train_loss": float(pos.loss_sum) / iters, "lr": lr,
                               "time_per_iter_s": epoch_time / iters, "epoch_time_s": epoch_time}
     if learner is not None:
-        record["meta_loss"] = float(pos.meta_sum) / iters
+        record["meta_loss"] = float(pos.meta_sum) / pos.meta_steps if pos.meta_steps else None
+        record["meta_steps"] = pos.meta_steps
         record["meta_skipped"] = int(pos.skipped)
         record["clean_weight_share"] = float(clean_mass) / iters
         record["stage_time_s"] = {k: v / iters for k, v in pos.stage.items()}

@@ -173,6 +173,7 @@ def _interrupt_after(monkeypatch, module, when):
     dict(method="erm"),
     dict(method="mwnet", meta_grad="famus", track_every=4, milestones=[1]),
     dict(method="mlc", meta_grad="exact", noise="pair"),
+    dict(method="mwnet", meta_grad="fd", meta_every=3, meta_warmup=5),
 ])
 def test_mid_epoch_resume_equals_uninterrupted(tmp_path, monkeypatch, one_thread, extra):
     cfg = dict(COMMON, epochs=2, checkpoint_every=7, **extra)
