@@ -116,6 +116,16 @@ class _ERM:
         self.optimizer.step()
 
 
+class _Plain:
+    """A learner's ordinary weighted step (no meta update): what ``meta_every`` steps between updates cost."""
+
+    def __init__(self, learner: MetaLearner) -> None:
+        self.learner = learner
+
+    def step(self, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor) -> None:
+        self.learner.plain_step(x, y)
+
+
 def _learner_options(options: dict, method: str, engine: str) -> dict:
     """The subset of ``options`` this method and engine accept."""
     accepted = _init_options(METHODS.get(method)) | _init_options(ENGINES.get(engine))
@@ -135,6 +145,7 @@ def bench(
     device: str | torch.device | None = None,
     seed: int = 0,
     lr: float = 0.1,
+    meta_every: int = 1,
     **options,
 ) -> dict:
     """Time every engine on the same batches and compare its meta gradient with ``exact``'s.
@@ -154,6 +165,9 @@ def bench(
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         seed: seeds the data, the model and every learner (same samplers, same gates).
         lr: base learning rate (alpha of the virtual step).
+        meta_every: also report each engine's iteration amortized over ``meta_every`` steps, one with
+            a meta update and ``meta_every - 1`` ordinary weighted steps (:meth:`MetaLearner.plain_step`,
+            timed beside the others): ``(iteration + (k - 1) * plain) / k``.
         **options: method/engine options (e.g. ``k=4``, ``fd_eps=1e-3``), given to each learner that
             accepts them; one that no engine accepts is an error.
 
@@ -162,8 +176,8 @@ def bench(
         ``ratio_to_erm``, ``cosine_to_exact``, ``rel_error_to_exact``, ``peak_memory_bytes``,
         ``stages``, ...), and the settings (``memory_method``, ``timing``, ...).
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if repeats < 1 or warmup < 0 or meta_every < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0 and meta_every >= 1, got {repeats}, {warmup}, {meta_every}")
     specs = list(dict.fromkeys(engines))
     parsed = {s: parse_engine(s) for s in specs}
     METHODS.get(method)
@@ -188,9 +202,10 @@ def bench(
         net = copy.deepcopy(model0)
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         torch.manual_seed(seed)  # same meta model and sampler initialisation for every engine
+        extra = {"num_classes": num_classes} if "num_classes" in _init_options(METHODS.get(method)) else {}
         out = MetaLearner(
             net, opt, method, base, seed=seed, reuse_forward=reuse, lagged=lagged,
-            **_learner_options(options, method, base),
+            **_learner_options(options, method, base), **extra,
         )
         out.bind(batches[0][0])
         return out
@@ -198,6 +213,8 @@ def bench(
     # meta gradients of every engine at the same state on the first batch
     reference = _flat(learner("exact", False, True).meta_gradient(*batches[0]))
     runners: dict[str, object] = {"erm": _ERM(copy.deepcopy(model0), lr)}
+    if meta_every > 1:  # the ordinary weighted step between meta updates (the same for every engine)
+        runners["plain"] = _Plain(learner("exact", False, True))
     report: dict[str, dict] = {}
     for spec, (base, lagged, reuse) in parsed.items():
         try:
@@ -232,6 +249,7 @@ def bench(
     memory = {name: _peak_memory(lambda rn=runner: rn.step(*batches[-1]), dev) for name, runner in runners.items()}
 
     erm_s = statistics.median(times["erm"])
+    plain_s = statistics.median(times["plain"]) if meta_every > 1 else None
     exact_s = statistics.median(times["exact"]) if "exact" in times else None
     for spec, row in report.items():
         if "error" in row:
@@ -246,6 +264,9 @@ def bench(
             stages={s: statistics.median(t[s] for t in stages[spec]) for s in STAGES},
             reused_forward=reused.get(spec, False),
         )
+        if plain_s is not None:
+            amortized = (it + (meta_every - 1) * plain_s) / meta_every
+            row.update(amortized_s=amortized, amortized_ratio_to_erm=amortized / erm_s)
     return {
         "model": model if isinstance(model, str) else type(model0).__name__,
         "input_shape": list(shape),
@@ -262,6 +283,8 @@ def bench(
         + (", CUDA-synchronized" if dev.type == "cuda" else ""),
         "memory_method": CUDA_MEMORY if dev.type == "cuda" else CPU_MEMORY,
         "options": {k: v for k, v in options.items()},
+        "meta_every": meta_every,
+        "plain_step_s": plain_s,
         "erm_step_s": erm_s,
         "erm_step_s_all": times["erm"],
         "erm_peak_memory_bytes": memory["erm"],
@@ -277,7 +300,9 @@ def format_table(result: dict) -> str:
     """The result of :func:`bench` as a plain-text table (times in ms, memory in MiB)."""
     short = {"virtual_forward": "vf", "virtual_backward": "vb", "meta_forward": "mf",
              "meta_backward": "mb", "actual_forward": "af", "actual_backward": "ab"}
-    head = ["engine", "iter ms", "x ERM", "vs exact", "cos", "rel err", "peak MiB"] + [short[s] for s in STAGES]
+    k = result.get("meta_every", 1)
+    amort = [f"k={k} ms", f"k={k} x ERM"] if k > 1 else []
+    head = ["engine", "iter ms", "x ERM", *amort, "vs exact", "cos", "rel err", "peak MiB"] + [short[s] for s in STAGES]
     rows = [head]
     for spec, row in result["engines"].items():
         if "error" in row:
@@ -288,6 +313,7 @@ def format_table(result: dict) -> str:
             spec,
             _fmt(row["iteration_s"] * 1e3, ".0f"),
             _fmt(row["ratio_to_erm"], ".2f"),
+            *([_fmt(row["amortized_s"] * 1e3, ".0f"), _fmt(row["amortized_ratio_to_erm"], ".2f")] if k > 1 else []),
             _fmt(row["speedup_vs_exact"], ".2f") + ("x" if row["speedup_vs_exact"] else ""),
             _fmt(row["cosine_to_exact"], ".6f"),
             _fmt(row["rel_error_to_exact"], ".1e"),
@@ -313,6 +339,9 @@ def format_table(result: dict) -> str:
         f"memory: {result['memory_method']}",
         "cos / rel err: the engine's meta gradient against exact's, same state and batch (FaMUS: its sampled gates)",
     ]
+    if k > 1:
+        notes.append(f"k={k}: mean over {k} steps, one meta update and {k - 1} ordinary weighted steps "
+                     f"({result['plain_step_s'] * 1e3:.0f} ms each, timed beside the others)")
     return "\n".join([title, *lines, *notes])
 
 
@@ -334,6 +363,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=0.1, help="base learning rate (alpha)")
+    parser.add_argument("--meta-every", type=int, default=1,
+                        help="also show each engine amortized over k steps (one meta update, k-1 ordinary steps)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
     return parser
 
@@ -352,7 +383,7 @@ def run_cli(args: argparse.Namespace) -> int:
         result = bench(
             args.model, shape, args.batch_size, args.method, engines, repeats=args.repeats, warmup=args.warmup,
             meta_batch_size=args.meta_batch_size, num_classes=args.num_classes, device=args.device,
-            seed=args.seed, lr=args.lr,
+            seed=args.seed, lr=args.lr, meta_every=args.meta_every,
         )
     except (ValueError, TypeError, KeyError) as e:
         print(f"famus bench: {e}", file=sys.stderr)

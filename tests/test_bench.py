@@ -86,3 +86,15 @@ def test_python_dash_m_entry_point():
     assert proc.returncode == 0
     for flag in ("--model", "--input-shape", "--batch-size", "--method", "--engines", "--repeats", "--json"):
         assert flag in proc.stdout
+
+
+def test_mlc_and_amortized_meta_every():
+    result = bench(method="mlc", engines=["exact", "fd"], meta_every=4, **TINY)
+    _check(result, ["exact", "fd"])
+    plain = result["plain_step_s"]
+    for row in result["engines"].values():
+        assert row["amortized_s"] == pytest.approx((row["iteration_s"] + 3 * plain) / 4)
+        assert row["amortized_ratio_to_erm"] == pytest.approx(row["amortized_s"] / result["erm_step_s"])
+    assert "k=4 x ERM" in format_table(result)
+    assert "plain_step_s" in bench(method="mwnet", engines=["fd"], **TINY) and "amortized_s" not in \
+        bench(method="mwnet", engines=["fd"], **TINY)["engines"]["fd"]
