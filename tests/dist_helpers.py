@@ -40,6 +40,10 @@ CASES: dict[str, dict] = {
     "mwnet-fd-sync": dict(method="mwnet", engine="fd", bn="sync", fd=True),
     "mwnet-famus-fd-rank": dict(method="mwnet", engine="famus-fd", bn="rank", options=dict(k=2), fd=True),
     "mwnet-random-sync": dict(method="mwnet", engine="random", bn="sync", options=dict(s=2)),
+    # amortized meta updates and the meta warm-up: the ordinary steps between are collective too
+    "mwnet-fd-every-sync": dict(method="mwnet", engine="fd", bn="sync", fd=True,
+                                learner=dict(meta_every=2, meta_warmup=1)),
+    "l2r-exact-every-rank": dict(method="l2r", engine="exact", bn="rank", learner=dict(meta_every=2)),
 }
 
 
