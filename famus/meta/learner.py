@@ -214,8 +214,13 @@ class MetaLearner:
         meta_warmup: the first ``meta_warmup`` steps are ordinary, uniformly weighted steps with no
             meta update (docs/learning-quality.md: it skips the first steps' meta gradient, which points
             the wrong way while all features are alike).
-        **options: options of the method (e.g. ``meta_lr``, ``normalize``) or of the engine
-            (e.g. ``k``, ``temperature``, ``candidates``, ``fd_eps``); an unknown one is an error.
+        method_options: options of the method (e.g. ``meta_lr``, ``normalize``, ``hidden``), given to it
+            and only to it.
+        engine_options: options of the engine (e.g. ``k``, ``temperature``, ``candidates``, ``fd_eps``,
+            ``hidden``), given to it and only to it.
+        **options: the older flat form: each option goes to the method or the engine that accepts it
+            (the method first, when both do, e.g. ``hidden``); an unknown one is an error. Prefer the
+            explicit ``method_options`` / ``engine_options``.
 
     Data parallel: inside an initialized ``torch.distributed`` process group every rank builds the
     same learner and calls :meth:`step` with its own equal-sized shard of the training batch and of
@@ -238,6 +243,8 @@ class MetaLearner:
         lagged: bool = False,
         meta_every: int = 1,
         meta_warmup: int = 0,
+        method_options: dict | None = None,
+        engine_options: dict | None = None,
         **options,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -258,6 +265,16 @@ class MetaLearner:
         if options and not targets:
             raise TypeError(f"options {sorted(options)} given, but method and engine are already built")
         routed = _split_options(options, targets)
+        for key, given in (("method", method_options), ("engine", engine_options)):
+            if given:
+                if key not in targets:
+                    raise TypeError(f"{key}_options given, but the {key} is already built")
+                unknown = set(given) - _init_options(targets[key])
+                if unknown:
+                    valid = ", ".join(sorted(_init_options(targets[key])))
+                    raise TypeError(f"unknown {key} option(s) {sorted(unknown)} for {targets[key].__name__}; "
+                                    f"valid: {valid}")
+                routed[key] = {**routed[key], **given}  # explicit: no routing by signature
         self.method: MetaMethod = method if isinstance(method, MetaMethod) else targets["method"](**routed["method"])
         self.engine: Engine = meta_grad if isinstance(meta_grad, Engine) else targets["engine"](**routed["engine"])
         self.engine_name = meta_grad if isinstance(meta_grad, str) else meta_grad.name
@@ -307,10 +324,12 @@ class MetaLearner:
                              *(meta.parameters() if meta is not None else ())])
             dist.sync_generator_(self.generator)
 
-    def _engine(self, name: str | None) -> Engine:
+    def _engine(self, name: str | None, layers: list[str] | None = None) -> Engine:
         if name is None:
             return self.engine
         name = name.removesuffix(LAGGED_SUFFIX)  # the lagged mode changes Actual-Train only
+        if name == "block" and layers is not None:  # its one option is the layers meta_gradient fixes anyway
+            return build_engine("block", layers=layers)
         if name not in self._engines:
             eng = build_engine(name)
             eng.bind(self.layer_infos, self.device, self.dtype)
@@ -584,7 +603,7 @@ class MetaLearner:
             Meta parameter name -> gradient (for L2R: ``{"eps": (n,)}``).
         """
         self._validate(x, y, x_meta, y_meta)
-        engine = self._engine(meta_grad)
+        engine = self._engine(meta_grad, layers)
         with self._no_side_effects():
             self.model.train()
             res = engine.compute(self._batch(x, y, x_meta, y_meta), self.generator, layers=layers)

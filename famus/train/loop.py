@@ -236,7 +236,7 @@ def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed
             extra["num_classes"] = data.num_classes  # MLC's transition matrix is C x C
         learner = MetaLearner(model, opt, cfg.method, cfg.meta_grad, seed=cfg.seed + 2 + seed_offset,
                               meta_every=cfg.meta_every, meta_warmup=cfg.meta_warmup,
-                              **cfg.method_options, **cfg.engine_options, **extra)
+                              method_options={**cfg.method_options, **extra}, engine_options=cfg.engine_options)
         learner.bind(data.augmenter.normalize(data.train_x[:2]))
     return model, opt, loss_fn, learner
 
