@@ -30,7 +30,8 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--loss", "loss", str, "training loss: ce, ldam, focal or cb (options: --set loss_options.KEY=VALUE)"),
     ("--meta-grad", "meta_grad", str, "meta-gradient engine (fd: the default; exact, famus, jvp, block, ...)"),
     ("--meta-every", "meta_every", int, "update the meta model every k-th step (the others: ordinary weighted steps)"),
-    ("--meta-warmup", "meta_warmup", int, "ordinary, uniformly weighted steps before the first meta update"),
+    ("--meta-warmup", "meta_warmup", int, "ordinary, uniformly weighted steps before the first meta update "
+                                          "(default: min(25, a quarter of an epoch))"),
     ("--epochs", "epochs", int, "epochs"),
     ("--batch-size", "batch_size", int, "training batch size"),
     ("--meta-batch-size", "meta_batch_size", int, "meta batch size (default: batch size)"),

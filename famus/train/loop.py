@@ -211,6 +211,17 @@ def _coerce(cfg: TrainConfig | dict | str | Path) -> TrainConfig:
     return load_config(cfg)
 
 
+AUTO_META_WARMUP = 25  # steps; measured in docs/learning-quality.md
+
+
+def meta_warmup_steps(cfg: TrainConfig, data: RunData) -> int:
+    """``cfg.meta_warmup``, or by default ``min(25, a quarter of an epoch's steps)`` of plain training first."""
+    if cfg.meta_warmup is not None:
+        return cfg.meta_warmup
+    n = data.train_x.shape[0]
+    return min(AUTO_META_WARMUP, (n // max(min(cfg.batch_size, n), 1)) // 4)
+
+
 def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed_offset: int = 0):
     """Model, optimizer (``--optimizer``), per-example loss (``None`` = plain CE) and meta learner (``None`` for ERM).
 
@@ -235,7 +246,7 @@ def build_components(cfg: TrainConfig, data: RunData, device: torch.device, seed
         if "num_classes" in _init_params(cfg.method) and "num_classes" not in cfg.method_options:
             extra["num_classes"] = data.num_classes  # MLC's transition matrix is C x C
         learner = MetaLearner(model, opt, cfg.method, cfg.meta_grad, seed=cfg.seed + 2 + seed_offset,
-                              meta_every=cfg.meta_every, meta_warmup=cfg.meta_warmup,
+                              meta_every=cfg.meta_every, meta_warmup=meta_warmup_steps(cfg, data),
                               method_options={**cfg.method_options, **extra}, engine_options=cfg.engine_options)
         learner.bind(data.augmenter.normalize(data.train_x[:2]))
     return model, opt, loss_fn, learner

@@ -86,3 +86,19 @@ def test_quality_logging_does_not_change_training(tmp_path, one_thread):
     assert steps == sorted(steps) and steps[0] == 5
     off = [json.loads(x) for x in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines()]
     assert all("weight_auroc" not in r for r in off)
+
+
+@pytest.mark.parametrize("warmup, plain", [(None, "auto"), (0, 0), (7, 7)])
+def test_meta_warmup_default_is_a_quarter_epoch_at_most_25_steps(tmp_path, one_thread, warmup, plain):
+    out = tmp_path / "run"
+    cfg = TrainConfig(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, method="mwnet", epochs=1,
+                      noise="symmetric", noise_rate=0.4, progress=False, out=str(out), meta_warmup=warmup,
+                      log_every=2)
+    train(cfg)
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    iters = rec["step"]
+    expected_plain = min(25, iters // 4) if plain == "auto" else plain
+    assert rec["meta_steps"] == iters - expected_plain
+    first = rec["quality_steps"][0]  # steps 1-2: uniform weights during the warm-up
+    if expected_plain >= 2:
+        assert first["weight_auroc"] == 0.5 and first["clean_lift"] == pytest.approx(0.0, abs=1e-9)
