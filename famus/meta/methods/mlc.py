@@ -116,7 +116,8 @@ class MLC(MetaMethod):
         regularizer: Regularizer | None = None,
     ) -> None:
         if loss_fn is not None:
-            raise ValueError("mlc trains with its own corrected loss; it takes no loss_fn (use cross-entropy)")
+            raise ValueError("method 'mlc' has its own training loss (the corrected -log q); a loss_fn cannot be "
+                             "combined with it (use cross-entropy)")
         super().__init__(None, regularizer)
         if not 0.0 < init_diag < 1.0:  # checked now, not on the first batch
             raise ValueError(f"init_diag must be in (0, 1), got {init_diag}")
