@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from famus.meta.engines import ENGINES, STAGES
-from famus.meta.learner import LAGGED_SUFFIX, MetaLearner, _init_options
+from famus.meta.learner import LAGGED_SUFFIX, MetaLearner
 from famus.meta.methods import METHODS
+from famus.meta.options import option_names
 
 DEFAULT_ENGINES = ("exact", "famus", "jvp", "fd", "famus-fd", "famus-fd+lagged")
 NOREUSE_SUFFIX = "+noreuse"
@@ -127,9 +128,17 @@ class _Plain:
 
 
 def _learner_options(options: dict, method: str, engine: str) -> dict:
-    """The subset of ``options`` this method and engine accept."""
-    accepted = _init_options(METHODS.get(method)) | _init_options(ENGINES.get(engine))
-    return {k: v for k, v in options.items() if k in accepted}
+    """``method_options`` and ``engine_options`` for this method and engine: the options each declares.
+
+    The bench's flat options apply to every learner whose method or engine takes them; one that the method
+    and this engine both take (``hidden`` with FaMUS) is ambiguous, a ``TypeError``.
+    """
+    own = {"method_options": option_names(METHODS.get(method)), "engine_options": option_names(ENGINES.get(engine))}
+    both = sorted(set(options) & set(own["method_options"]) & set(own["engine_options"]))
+    if both:
+        raise TypeError(f"options {both} are taken by both method {method!r} and engine {engine!r}; "
+                        "build the learners with MetaLearner(..., method_options=..., engine_options=...)")
+    return {kind: {k: v for k, v in options.items() if k in names} for kind, names in own.items()}
 
 
 def bench(
@@ -181,7 +190,8 @@ def bench(
     specs = list(dict.fromkeys(engines))
     parsed = {s: parse_engine(s) for s in specs}
     METHODS.get(method)
-    unused = set(options) - set().union(*(_learner_options(options, method, b) for b, _, _ in parsed.values()))
+    routed = [_learner_options(options, method, b) for b, _, _ in parsed.values()]
+    unused = set(options) - {k for r in routed for part in r.values() for k in part}
     if unused:
         raise TypeError(f"options {sorted(unused)} are accepted by none of the engines {specs} or method {method!r}")
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -202,10 +212,9 @@ def bench(
         net = copy.deepcopy(model0)
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         torch.manual_seed(seed)  # same meta model and sampler initialisation for every engine
-        extra = {"num_classes": num_classes} if "num_classes" in _init_options(METHODS.get(method)) else {}
         out = MetaLearner(
             net, opt, method, base, seed=seed, reuse_forward=reuse, lagged=lagged,
-            **_learner_options(options, method, base), **extra,
+            **_learner_options(options, method, base),
         )
         out.bind(batches[0][0])
         return out

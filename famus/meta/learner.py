@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -12,171 +11,47 @@ from torch import Tensor, nn
 from famus import distributed as dist
 from famus.meta import guard, precision
 from famus.meta import inputs as io
-from famus.meta.engines import DEFAULT_ENGINE, STAGES, Engine, MetaBatch, MetaResult, build_engine
-from famus.meta.engines.base import ENGINES, StageTimer
+from famus.meta.engines import DEFAULT_ENGINE, ENGINES, STAGES, Engine, MetaBatch, MetaResult, build_engine
+from famus.meta.engines.base import StageTimer
+from famus.meta.engines.virtual import virtual_train
 from famus.meta.inputs import Inputs
 from famus.meta.layers import LayerInfo, layer_infos
-from famus.meta.methods import METHODS, MetaMethod
+from famus.meta.methods import METHODS, MetaMethod, build_method
+from famus.meta.options import option_names
+from famus.meta.update import MetaUpdate, StepStats
 from famus.meta.virtual_step import step_sizes, warn_if_unsupported
 
 LAGGED_SUFFIX = "+lagged"
 
 
-@dataclass
-class StepStats:
-    """What one :meth:`MetaLearner.step` did. Tensors are detached; nothing is synced.
+def _flat_options(options: dict, method: str | MetaMethod, meta_grad: str | Engine) -> tuple[dict, dict]:
+    """Deprecated flat keywords, as ``(method_options, engine_options)``: each to the one that declares it.
 
-    In a process group, the losses are the union batch's (the same on every rank) and ``weights``
-    are this rank's shard's entries of the union batch's coefficients.
-
-    Attributes:
-        weights: ``(n,)`` coefficients of the Actual-Train loss ``sum_i weights_i * L_i``.
-        train_loss: 0-d, the Actual-Train weighted loss.
-        meta_loss: 0-d, ``L_c`` on the meta batch after the virtual step.
-        gates: layer name -> 0-d tensor, 1.0 where the layer contributed (FaMUS/block/random).
-        times: seconds for each of the six stages of the paper's Fig. 1b.
-        aux: further detached scalars (``loss_r``, ``loss_g``).
-        meta_skipped: 0-d float, 1.0 when the meta gradient was not finite and was not applied.
-        meta_updated: whether this step updated the meta parameters (``False`` in the meta warm-up
-            and between the meta updates of ``meta_every``; ``meta_loss`` is then NaN).
+    An option both declare (``hidden``) or neither declares is a ``TypeError``: pass it explicitly.
     """
-
-    weights: Tensor
-    train_loss: Tensor
-    meta_loss: Tensor
-    gates: dict[str, Tensor] | None
-    times: dict[str, float]
-    aux: dict[str, Tensor] = field(default_factory=dict)
-    meta_skipped: Tensor | None = None
-    meta_updated: bool = True
-
-    @property
-    def iteration_s(self) -> float:
-        return sum(self.times.values())
-
-    def to_dict(self) -> dict:
-        """Plain Python numbers (syncs; call when logging)."""
-        out = {"train_loss": float(self.train_loss), "meta_loss": float(self.meta_loss), **self.times}
-        out.update({k: float(v) for k, v in self.aux.items()})
-        if self.meta_skipped is not None:
-            out["meta_skipped"] = float(self.meta_skipped)
-        if self.gates is not None:
-            out["gates"] = {k: float(v) for k, v in self.gates.items()}
-        return out
-
-
-class MetaUpdate:
-    """What :meth:`MetaLearner.meta_update` did: Virtual-Train and Meta-Train, the model not yet stepped.
-
-    Your loop then computes the Actual-Train logits, ``loss = update.loss(logits)``, and runs backward,
-    clipping, gradient scaling and the optimizer step. Tensors are detached; nothing is synced.
-
-    Attributes:
-        meta_loss: 0-d, ``L_c`` on the meta batch after the virtual step.
-        virtual_loss: 0-d, the Virtual-Train weighted loss (meta parameters before this update).
-        meta_skipped: 0-d float, 1.0 when the meta gradient was not finite and was not applied.
-        gates: layer name -> 0-d tensor, 1.0 where the layer contributed (FaMUS/block/random).
-        times: seconds for the four meta stages (the Actual-Train ones are 0 here).
-        aux: further detached scalars (``loss_r``, ``loss_g``).
-        virtual_logits: ``(n, C)`` Virtual-Train logits still in their autograd graph, when they can
-            stand in for an Actual-Train forward (``keep_forward``, and no random numbers drawn); else
-            ``None``. :meth:`logits` uses them.
-    """
-
-    def __init__(self, learner: MetaLearner, x: Inputs, y: Tensor, result: MetaResult, skipped: Tensor,
-                 times: dict[str, float]) -> None:
-        self._learner, self._x, self._y, self._result = learner, x, y, result
-        self._weights: Tensor | None = None
-        self.meta_loss = result.meta_loss
-        self.virtual_loss = result.train_loss
-        self.meta_skipped = skipped
-        self.gates = result.gates
-        self.times = times
-        self.aux = result.aux
-        self.virtual_logits = result.virtual_logits if result.virtual_buffers is not None else None
-
-    @property
-    def weights(self) -> Tensor:
-        """``(n,)`` Actual-Train coefficients with the updated meta parameters, detached.
-
-        Computed at the Virtual-Train logits: what :meth:`loss` applies to logits of the same forward
-        (same weights, same batch, no dropout). Engines that return no logits give the Virtual-Train ones.
-        """
-        if self._weights is None:
-            logits = self._result.logits
-            if logits is None:
-                self._weights = self._result.weights
-            else:
-                with torch.no_grad():
-                    self._weights = self.loss_and_weights(logits)[1].detach()
-        return self._weights
-
-    def loss(self, logits: Tensor) -> Tensor:
-        """The method's Actual-Train loss (Eq. 5) on ``logits`` ``(n, C)`` (or an output with ``.logits``).
-
-        Weighted cross-entropy (L2R, MW-Net: ``sum_i c_i L_i`` with the updated meta parameters), the
-        corrected loss (MLC), plus the method's ``regularizer`` where set. Backpropagate it yourself.
-        """
-        return self.loss_and_weights(logits)[0]
-
-    def loss_and_weights(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`loss` and the ``(n,)`` coefficients it used (detached)."""
-        loss, c = self._learner._actual_loss(io.logits_of(logits), self._y, self._result.meta_grads)
-        return loss, c.detach()
-
-    def logits(self) -> Tensor:
-        """The Actual-Train logits ``(n, C)``: the kept Virtual-Train ones, or a fresh ``model(x)``.
-
-        Reusing installs the BatchNorm statistics the Virtual-Train forward produced (they move once,
-        as with a fresh forward). Sets the learner's ``reused_forward``.
-        """
-        learner = self._learner
-        learner.reused_forward = self.virtual_logits is not None
-        if self.virtual_logits is not None:
-            learner._copy_buffers(self._result.virtual_buffers)
-            return self.virtual_logits
-        return io.forward(learner.model, None, self._x)
-
-    def stats(self, train_loss: Tensor, weights: Tensor | None = None,
-              times: dict[str, float] | None = None) -> StepStats:
-        """The :class:`StepStats` of this iteration, given its Actual-Train loss (and weights, stage times)."""
-        extra = times or {}
-        return StepStats(
-            weights=(self.weights if weights is None else weights).detach(),
-            train_loss=train_loss.detach(),
-            meta_loss=self.meta_loss,
-            gates=self.gates,
-            times={s: self.times.get(s, 0.0) + extra.get(s, 0.0) for s in STAGES},
-            aux=self.aux,
-            meta_skipped=self.meta_skipped,
-        )
-
-
-def _init_options(cls: type) -> set[str]:
-    """Keyword options ``cls(...)`` accepts, following ``**options`` passed on to a base class."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names
-
-
-def _split_options(options: dict, targets: dict[str, type]) -> dict[str, dict]:
-    """Route keyword options to the constructor that accepts them."""
-    accepted = {k: _init_options(cls) for k, cls in targets.items()}
-    out: dict[str, dict] = {k: {} for k in targets}
+    warnings.warn("MetaLearner(..., **options) is deprecated: pass method_options={...} and engine_options={...}",
+                  DeprecationWarning, stacklevel=3)
+    names = {"method": option_names(METHODS.get(method)) if isinstance(method, str) else [],
+             "engine": option_names(ENGINES.get(meta_grad)) if isinstance(meta_grad, str) else []}
+    out: dict[str, dict] = {"method": {}, "engine": {}}
     for key, value in options.items():
-        owners = [k for k, names in accepted.items() if key in names]
-        if not owners:
-            valid = sorted(set().union(*accepted.values()))
-            raise TypeError(f"unknown option {key!r}; valid options here: {', '.join(valid) or '(none)'}")
+        owners = [k for k, valid in names.items() if key in valid]
+        if len(owners) != 1:
+            what = "both the method and the engine take" if owners else "unknown"
+            raise TypeError(f"{what} option {key!r}: pass method_options={{...}} or engine_options={{...}}; "
+                            f"valid method options: {', '.join(names['method']) or '(none)'}; "
+                            f"valid engine options: {', '.join(names['engine']) or '(none)'}")
         out[owners[0]][key] = value
-    return out
+    return out["method"], out["engine"]
+
+
+def _built(kind: str, spec, base: type, build, options: dict | None):
+    """``spec`` itself when it is built already (then no options may be given), else ``build(spec, **options)``."""
+    if isinstance(spec, base):
+        if options:
+            raise TypeError(f"{kind}_options {sorted(options)} given, but the {kind} is already built")
+        return spec
+    return build(spec, **(options or {}))
 
 
 class MetaLearner:
@@ -214,13 +89,15 @@ class MetaLearner:
         meta_warmup: the first ``meta_warmup`` steps are ordinary, uniformly weighted steps with no
             meta update (docs/learning-quality.md: it skips the first steps' meta gradient, which points
             the wrong way while all features are alike).
-        method_options: options of the method (e.g. ``meta_lr``, ``normalize``, ``hidden``), given to it
-            and only to it.
+        method_options: options of the method (e.g. ``meta_lr``, ``normalize``, ``hidden``, ``loss_fn``),
+            given to it and only to it: ``build_method(method, **method_options)``.
         engine_options: options of the engine (e.g. ``k``, ``temperature``, ``candidates``, ``fd_eps``,
-            ``hidden``), given to it and only to it.
-        **options: the older flat form: each option goes to the method or the engine that accepts it
-            (the method first, when both do, e.g. ``hidden``); an unknown one is an error. Prefer the
-            explicit ``method_options`` / ``engine_options``.
+            ``hidden``), given to it and only to it: ``build_engine(meta_grad, **engine_options)``.
+        **options: deprecated flat form (a ``DeprecationWarning``): each option goes to the one of the
+            method and the engine that declares it; one both declare (``hidden``) is an error.
+
+    The meta model moves to the model's device and dtype at construction; the engine (FaMUS's samplers)
+    and MLC's transition matrix, sized by the model's class count, are built on the first batch (or :meth:`bind`).
 
     Data parallel: inside an initialized ``torch.distributed`` process group every rank builds the
     same learner and calls :meth:`step` with its own equal-sized shard of the training batch and of
@@ -257,27 +134,13 @@ class MetaLearner:
         warn_if_unsupported(optimizer)
         if isinstance(meta_grad, str) and meta_grad.endswith(LAGGED_SUFFIX):
             meta_grad, lagged = meta_grad[: -len(LAGGED_SUFFIX)], True
-        targets: dict[str, type] = {}
-        if isinstance(method, str):
-            targets["method"] = METHODS.get(method)
-        if isinstance(meta_grad, str):
-            targets["engine"] = ENGINES.get(meta_grad)
-        if options and not targets:
-            raise TypeError(f"options {sorted(options)} given, but method and engine are already built")
-        routed = _split_options(options, targets)
-        for key, given in (("method", method_options), ("engine", engine_options)):
-            if given:
-                if key not in targets:
-                    raise TypeError(f"{key}_options given, but the {key} is already built")
-                unknown = set(given) - _init_options(targets[key])
-                if unknown:
-                    valid = ", ".join(sorted(_init_options(targets[key])))
-                    raise TypeError(f"unknown {key} option(s) {sorted(unknown)} for {targets[key].__name__}; "
-                                    f"valid: {valid}")
-                routed[key] = {**routed[key], **given}  # explicit: no routing by signature
-        self.method: MetaMethod = method if isinstance(method, MetaMethod) else targets["method"](**routed["method"])
-        self.engine: Engine = meta_grad if isinstance(meta_grad, Engine) else targets["engine"](**routed["engine"])
-        self.engine_name = meta_grad if isinstance(meta_grad, str) else meta_grad.name
+        if options:
+            flat_method, flat_engine = _flat_options(options, method, meta_grad)
+            method_options = {**flat_method, **(method_options or {})}
+            engine_options = {**flat_engine, **(engine_options or {})}
+        self.method: MetaMethod = _built("method", method, MetaMethod, build_method, method_options)
+        self.engine: Engine = _built("engine", meta_grad, Engine, build_engine, engine_options)
+        self.engine_name = self.engine.name
         if lagged and not self.method.lagged_ok:
             raise ValueError(
                 f"lagged mode needs meta parameters that persist across steps; {self.method.name!r} resets "
@@ -292,7 +155,7 @@ class MetaLearner:
         self.reused_forward = False  # whether the last step reused the virtual forward
         # the meta model, samplers and meta losses stay in this dtype (float32 for a 16-bit model)
         self.device, self.dtype = first.device, precision.master_dtype(first.dtype)
-        self.method.to(self.device, self.dtype)
+        self.method.bind(None, self.device, self.dtype)  # the class count comes with the first batch
         self.generator = torch.Generator().manual_seed(seed)
         self.layer_infos: list[LayerInfo] | None = None
         self.num_classes: int | None = None
@@ -317,6 +180,7 @@ class MetaLearner:
         if out.dim() != 2:
             raise ValueError(f"the model must return (batch, classes) logits, got shape {tuple(out.shape)}")
         self.num_classes = out.shape[1]
+        self.method.bind(self.num_classes, self.device, self.dtype)
         self.engine.bind(self.layer_infos, self.device, self.dtype)
         if dist.is_distributed():  # every rank starts from rank 0's state (as DDP does)
             meta = self.meta_model
@@ -572,15 +436,16 @@ class MetaLearner:
 
     def _lagged_step(self, res: MetaResult) -> tuple[Tensor, Tensor]:
         """Actual-Train with the Virtual-Train gradient (old meta weights): no forward, no backward."""
-        if res.train_grads is None or res.virtual_buffers is None or res.train_loss is None or res.weights is None:
+        vt = res.virtual
+        if vt is None:
             raise RuntimeError(f"engine {self.engine_name!r} returns no Virtual-Train gradient; lagged mode needs it")
-        self._copy_buffers(res.virtual_buffers)
+        self._copy_buffers(vt.buffers)
         self.optimizer.zero_grad(set_to_none=True)
         for n, p in self.model.named_parameters():
-            g = res.train_grads.get(n)
+            g = vt.grads.get(n)
             p.grad = None if g is None else g.detach()
         self.optimizer.step()
-        return res.train_loss, res.weights
+        return vt.loss, vt.weights
 
     def meta_gradient(
         self,
@@ -625,22 +490,17 @@ class MetaLearner:
         self._validate(x, y, x_meta, y_meta)
         with self._no_side_effects():
             self.model.train()
-            batch = self._batch(x, y, x_meta, y_meta)
-            theta = {k: v.detach() for k, v in batch.theta.items()}
+            theta = {k: v.detach() for k, v in self.method.meta_params(io.batch_size(x), self._first_param()).items()}
             if meta_params is not None:
                 unknown = set(meta_params) - set(theta)
                 if unknown:
                     raise ValueError(f"unknown meta parameters {sorted(unknown)}; valid: {sorted(theta)}")
                 theta.update(meta_params)
-            logits = io.forward(self.model, {**batch.params, **batch.buffers}, x)
-            loss, _ = precision.method_loss(self.method, logits, y, theta, self.dtype)
-            names = list(batch.params)
-            grads = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True)
-            grads = dist.sum_over_ranks(grads)  # the union batch's gradient (process group)
+            batch = self._batch(x, y, x_meta, y_meta, theta=theta)
+            vt = virtual_train(batch, create_graph=False)
             with torch.no_grad():
-                w_hat = {
-                    n: p if g is None else p - batch.lrs[n] * g for n, p, g in zip(names, batch.params.values(), grads)
-                }
+                g = vt.grads
+                w_hat = {n: p if g[n] is None else p - batch.lrs[n] * g[n] for n, p in batch.params.items()}
                 out = io.forward(self.model, {**w_hat, **batch.buffers}, x_meta)
                 (value,) = dist.mean_over_ranks([precision.meta_ce(out, y_meta, self.dtype)])
                 return float(value)

@@ -4,6 +4,16 @@ import pytest
 import torch
 from torch import nn
 
+import famus
+from famus.meta.engines import build_engine
+from famus.meta.engines.directional import FD, JVP
+from famus.meta.engines.famus import FaMUS
+from famus.meta.engines.fixed import AllLayers
+from famus.meta.engines.second_order import SecondOrder
+from famus.meta.options import option_names
+
+__all__ = ["AllLayers", "FaMUS", "SecondOrder", "FORWARD", "engines", "engine_options", "methods"]
+
 
 class TinyResNet(nn.Module):
     """A standard residual net with BatchNorm, written with no famus import."""
@@ -44,3 +54,31 @@ def tiny():
     torch.manual_seed(0)
     model = TinyResNet().double()
     return model, make_batches()
+
+
+def engine_options(name: str, layers=("fc",)) -> dict:
+    """Options a registered engine needs on the test models: a block of ``layers`` where it takes one."""
+    return {"layers": list(layers)} if "layers" in option_names(famus.ENGINES.get(name)) else {}
+
+
+def engines(*, policy: type | None = None, backend: type | tuple[type, ...] | None = None) -> list[str]:
+    """Registered engine names, from the registry: those with this layer ``policy`` and ``backend`` type.
+
+    Policies: :class:`AllLayers` (exact, jvp, fd), :class:`FaMUS`, ...; backends: :class:`SecondOrder`,
+    :class:`JVP`, :class:`FD`.
+    """
+    out = []
+    for name in famus.ENGINES.names():
+        engine = build_engine(name, **engine_options(name))
+        if (policy is None or type(engine) is policy) and (backend is None or isinstance(engine.backend, backend)):
+            out.append(name)
+    return out
+
+
+def methods(**attributes) -> list[str]:
+    """Registered method names, from the registry: those whose class has these attribute values."""
+    classes = {n: famus.METHODS.get(n) for n in famus.METHODS.names()}
+    return [n for n, cls in classes.items() if all(getattr(cls, k) == v for k, v in attributes.items())]
+
+
+FORWARD = (JVP, FD)  # the forward-mode backends

@@ -9,7 +9,7 @@ from torch import nn
 import famus
 from famus.models import build_model
 
-from .conftest import TinyResNet, make_batches
+from .conftest import AllLayers, FaMUS, TinyResNet, engine_options, engines, make_batches, methods
 
 
 def _staged():
@@ -33,7 +33,7 @@ def _run(make, method, engine, steps=2, seed=0, **kw):
     torch.manual_seed(seed)
     model = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-3)
-    learner = famus.MetaLearner(model, opt, method, engine, **kw)
+    learner = famus.MetaLearner(model, opt, method, engine, engine_options=engine_options(engine), **kw)
     stats = []
     for s in range(steps):
         torch.manual_seed(100 + s)  # the same dropout masks for both runs
@@ -41,8 +41,8 @@ def _run(make, method, engine, steps=2, seed=0, **kw):
     return learner, stats
 
 
-@pytest.mark.parametrize("engine", ["exact", "famus", "jvp", "fd", "famus-fd"])
-@pytest.mark.parametrize("method", ["mwnet", "l2r"])
+@pytest.mark.parametrize("engine", engines())
+@pytest.mark.parametrize("method", methods())
 def test_reused_forward_equals_a_separate_actual_step(engine, method):
     a, sa = _run(_staged, method, engine, reuse_forward=True)
     b, sb = _run(_staged, method, engine, reuse_forward=False)
@@ -64,7 +64,7 @@ def _with_dropout():
     ).double()
 
 
-@pytest.mark.parametrize("engine", ["exact", "jvp"])
+@pytest.mark.parametrize("engine", engines(policy=AllLayers))
 def test_reuse_falls_back_with_dropout(engine):
     """A stochastic forward cannot stand in for a fresh one: the learner runs the separate forward."""
     a, _ = _run(_with_dropout, "mwnet", engine, reuse_forward=True)
@@ -82,13 +82,14 @@ def test_reuse_is_the_default():
     assert learner.reuse_forward and learner.reused_forward and not learner.lagged
 
 
-@pytest.mark.parametrize("engine", ["exact", "famus-fd"])
+@pytest.mark.parametrize("engine", engines())
 def test_lagged_steps_with_the_virtual_gradient_at_the_old_meta_weights(engine):
     torch.manual_seed(0)
     model = _staged()
     reference = copy.deepcopy(model)
     lr = 0.3
-    learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=lr), "mwnet", engine, lagged=True)
+    learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=lr), "mwnet", engine, lagged=True,
+                                engine_options=engine_options(engine))
     batch = make_batches(size=8)
     x, y = batch[:2]
     old_meta = copy.deepcopy(learner.meta_model)
@@ -127,7 +128,7 @@ def test_lagged_suffix_and_l2r_refusal():
         famus.MetaLearner(model, opt, "l2r", "jvp", lagged=True)
 
 
-@pytest.mark.parametrize("engine", ["exact", "famus-fd"])
+@pytest.mark.parametrize("engine", engines(policy=FaMUS))
 def test_lagged_mode_trains(engine):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

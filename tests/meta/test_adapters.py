@@ -7,6 +7,7 @@ from torch import nn
 import famus
 from famus.meta import inputs as io
 
+from .conftest import FORWARD, engines
 from .hf_model import TinyTextClassifier, text_batch
 
 ENGINE_OPTS = {
@@ -78,7 +79,7 @@ def _two_input_batches(dtype=torch.float64):
     return x, torch.randint(0, 3, (6,), generator=g), xm, torch.randint(0, 3, (5,), generator=g)
 
 
-@pytest.mark.parametrize("engine", ["jvp", "fd", "famus-jvp"])
+@pytest.mark.parametrize("engine", engines(backend=FORWARD))
 def test_tuple_and_dict_inputs_give_the_exact_meta_gradient(engine):
     """A tuple input and the same model called with a dict (output ``{"logits"}``) agree with exact."""
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from torch.func import functional_call
 import famus
 from famus.meta.methods import MWNet
 
-from .conftest import TinyResNet, make_batches
+from .conftest import TinyResNet, make_batches, methods
 
 
 def _learner(model, method="mwnet", engine="exact", lr=0.5, **kw):
@@ -52,7 +52,7 @@ def test_exact_l2r_matches_central_differences(tiny):
     _fd_check(learner, batch, {"eps": torch.zeros_like(grads["eps"])}, grads)
 
 
-@pytest.mark.parametrize("method", ["mwnet", "l2r"])
+@pytest.mark.parametrize("method", methods())
 def test_every_layer_contributing_equals_exact(tiny, method):
     model, batch = tiny
     learner = _learner(model, method, "famus", candidates="all")

@@ -9,7 +9,7 @@ from torch import nn
 import famus
 from famus.models import build_model
 
-from .conftest import TinyResNet, make_batches
+from .conftest import FD, FORWARD, AllLayers, FaMUS, TinyResNet, engines, make_batches, methods
 
 FD_RTOL = 1e-6  # float64, default step 6e-6: measured ~1e-10 on these models
 
@@ -59,7 +59,7 @@ def test_jvp_equals_exact_to_float64_precision(model_name, method, opts):
 
 
 @pytest.mark.parametrize("method,opts", METHOD_OPTS[2:])
-@pytest.mark.parametrize("engine", ["fd", "famus-jvp", "famus-fd"])
+@pytest.mark.parametrize("engine", engines(backend=FORWARD))
 def test_other_methods_over_forward_mode(method, opts, engine):
     model = _staged()
     batch = make_batches(size=8)
@@ -71,7 +71,7 @@ def test_other_methods_over_forward_mode(method, opts, engine):
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
-@pytest.mark.parametrize("method", ["mwnet", "l2r"])
+@pytest.mark.parametrize("method", methods())
 def test_fd_agrees_with_exact_within_stated_tolerance(model_name, method):
     make, size = MODELS[model_name]
     learner = _learner(make(), method)
@@ -118,7 +118,7 @@ def test_forward_scheme_bias_is_first_order_in_the_step():
     assert _rel(grad("fd"), exact) < 1e-7  # the default step (sqrt of float64's epsilon)
 
 
-@pytest.mark.parametrize("engine", ["jvp", "fd"])
+@pytest.mark.parametrize("engine", engines(policy=AllLayers, backend=FORWARD))
 def test_restricted_layers_equal_exact_restricted(engine):
     model = _staged()
     batch = make_batches(size=8)
@@ -146,8 +146,8 @@ def _famus_pair(make, method, engine, lambda_g, seed=3):
     return out
 
 
-@pytest.mark.parametrize("engine", ["famus-jvp", "famus-fd"])
-@pytest.mark.parametrize("method", ["mwnet", "l2r"])
+@pytest.mark.parametrize("engine", engines(policy=FaMUS, backend=FORWARD))
+@pytest.mark.parametrize("method", methods())
 @pytest.mark.parametrize("lambda_g", [0.0, 0.1])
 def test_famus_over_forward_mode_equals_famus_over_exact(engine, method, lambda_g):
     """Same gates -> the same meta gradient AND the same sampler gradient (L_c, L_r and L_g)."""
@@ -171,7 +171,7 @@ def test_famus_over_forward_mode_equals_famus_over_exact(engine, method, lambda_
         torch.testing.assert_close(s_other.aux["loss_g"], s_ref.aux["loss_g"], rtol=1e-6, atol=1e-12)
 
 
-@pytest.mark.parametrize("engine", ["famus-jvp", "famus-fd"])
+@pytest.mark.parametrize("engine", engines(policy=FaMUS, backend=FORWARD))
 def test_sampler_gradient_equal_across_engines_non_chain_model(engine):
     ref, other = _famus_pair(lambda: TinyResNet().double(), "mwnet", engine, 0.1)
     batch = make_batches()
@@ -192,7 +192,7 @@ class Counter(nn.Module):
         return x
 
 
-@pytest.mark.parametrize("engine", ["jvp", "fd", "famus-jvp", "famus-fd", "fd+central", "famus-fd+central"])
+@pytest.mark.parametrize("engine", engines(backend=FORWARD) + [f"{e}+central" for e in engines(backend=FD)])
 def test_cached_activation_path_equals_full_path(engine):
     engine, central = engine.removesuffix("+central"), engine.endswith("+central")
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import famus
 
-from .conftest import TinyResNet, make_batches
+from .conftest import TinyResNet, make_batches, methods
 
 ENGINE_OPTS = {"block": {"layers": ["fc"]}, "random": {"s": 2}}
 
@@ -27,7 +27,7 @@ def _meta_state(learner):
         [p.detach().clone() for p in learner.engine.parameters()]
 
 
-@pytest.mark.parametrize("method", ["mwnet", "l2r", "mlc"])
+@pytest.mark.parametrize("method", methods())
 @pytest.mark.parametrize("engine", famus.ENGINES.names())
 def test_meta_parameters_move_only_on_meta_steps(engine, method):
     learner = _learner(engine, method, meta_every=3, meta_warmup=1)

@@ -8,7 +8,7 @@ import torch
 import famus
 from famus.models import build_model
 
-from .conftest import make_batches
+from .conftest import engines, make_batches
 
 ENGINE_OPTS = {"block": {"layers": ["layer3_0", "fc"]}, "random": {"s": 2}}
 METHOD_OPTS = {"mwnet": {}, "l2r": {}, "mlc": {"num_classes": 3}}
@@ -81,7 +81,7 @@ def test_meta_update_and_own_backward_equal_step_bit_for_bit(engine, method, reu
         assert torch.equal(sa[k], sb[k]), k
 
 
-@pytest.mark.parametrize("engine", ["exact", "famus-fd"])
+@pytest.mark.parametrize("engine", engines())
 def test_clipping_in_your_own_loop_changes_the_step(engine):
     a, b = _pair("mwnet", engine)
     for s in range(2):

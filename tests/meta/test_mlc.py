@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import famus
-from famus.meta.mlc import MLC, corrected_nll, diagonal_logit
+from famus.meta.methods.mlc import MLC, corrected_nll, diagonal_logit
 
 from .conftest import TinyResNet, make_batches
 from .test_exactness import _fd_check
@@ -13,11 +13,11 @@ from .test_exactness import _fd_check
 C = 3  # the tiny model's classes
 
 
-def _learner(model, engine="exact", lr=0.5, **kw):
+def _learner(model, engine="exact", lr=0.5, **method_options):
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    if engine == "block":
-        kw.setdefault("layers", ["conv3", "bn3", "fc"])
-    return famus.MetaLearner(model, opt, "mlc", engine, num_classes=C, **kw)
+    engine_options = {"layers": ["conv3", "bn3", "fc"]} if engine == "block" else {}
+    method_options = {"num_classes": C, **method_options}  # T exists from construction (else: from bind)
+    return famus.MetaLearner(model, opt, "mlc", engine, method_options=method_options, engine_options=engine_options)
 
 
 def _random_theta(seed=3):
@@ -47,10 +47,26 @@ def test_initial_transition_matrix_has_the_requested_diagonal():
     assert diagonal_logit(10, 0.9) == pytest.approx(torch.log(torch.tensor(0.9 * 9 / 0.1)).item())
 
 
-def test_mlc_needs_num_classes():
+def test_mlc_takes_the_class_count_from_bind():
     model = TinyResNet()
-    with pytest.raises(TypeError, match="num_classes"):
-        famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mlc")
+    learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mlc")
+    assert learner.meta_model is None  # T is C x C: built when the learner knows the model
+    learner.bind(make_batches(dtype=torch.float32)[0])
+    assert learner.meta_model.T_logits.shape == (C, C) and learner.method.meta_optimizer is not None
+    given = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mlc",
+                              method_options={"num_classes": 5})
+    with pytest.raises(ValueError, match="built for 5 classes but the model has 3"):
+        given.bind(make_batches(dtype=torch.float32)[0])
+
+
+def test_mlc_takes_no_loss_fn_but_a_regularizer():
+    with pytest.raises(ValueError, match="own training loss.*cannot be combined"):
+        MLC(loss_fn=lambda z, y: z.sum(1))
+    assert not MLC.takes_loss_fn and famus.METHODS.get("mwnet").takes_loss_fn
+    z, y = torch.randn(4, C, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    plain, with_reg = MLC(num_classes=C), MLC(num_classes=C, regularizer=lambda logits: logits.pow(2).sum())
+    theta = {"T_logits": plain.meta_model.T_logits}
+    torch.testing.assert_close(with_reg.loss(z, y, theta)[0], plain.loss(z, y, theta)[0] + z.pow(2).sum())
 
 
 def test_exact_mlc_matches_central_differences(tiny):
@@ -159,7 +175,7 @@ def test_mlc_learns_the_pair_noise_direction():
     xm = centers[ym] + torch.randn(ym.numel(), dim, generator=g)
     model = torch.nn.Sequential(torch.nn.Linear(dim, 32), torch.nn.ReLU(), torch.nn.Linear(32, classes))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    learner = famus.MetaLearner(model, opt, "mlc", "exact", num_classes=classes, meta_lr=0.05)
+    learner = famus.MetaLearner(model, opt, "mlc", "exact", method_options={"meta_lr": 0.05})
     for _ in range(150):
         idx = torch.randint(0, n, (100,), generator=g)
         learner.step(x[idx], noisy[idx], xm, ym)

@@ -2,14 +2,18 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import famus
+from famus.meta import METHODS, build_engine, build_method
+from famus.meta.options import option_names
 from famus.train import TrainConfig, train
 
-from .conftest import TinyResNet, make_batches
+from .conftest import FD, FORWARD, FaMUS, SecondOrder, TinyResNet, engines, make_batches, methods
 
 
 def _learner(**kw):
+    """An MW-Net learner over FaMUS: both take ``hidden``."""
     torch.manual_seed(0)
     model = TinyResNet().double()
     return famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mwnet", "famus", **kw)
@@ -53,3 +57,77 @@ def test_meta_gradient_of_a_block_by_name():
     want = learner.meta_gradient(*batch, meta_grad="exact", layers=["fc"])
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-12, atol=1e-15)
+
+
+def test_flat_keywords_are_deprecated_and_go_to_their_one_owner():
+    with pytest.warns(DeprecationWarning, match="method_options"):
+        learner = _learner(k=2, meta_lr=0.5)
+    assert learner.engine.k == 2 and learner.method.meta_optimizer.param_groups[0]["lr"] == 0.5
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="both the method and the engine take"):
+        _learner(hidden=7)  # MW-Net's width or the samplers'? No guess: say which
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="unknown option 'kk'.*valid engine options"):
+        _learner(kk=3)
+
+
+def test_options_for_an_already_built_method_or_engine_are_an_error():
+    model = TinyResNet().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="method_options.*already built"):
+        famus.MetaLearner(model, opt, famus.meta.MWNet(), "exact", method_options={"meta_lr": 1.0})
+    with pytest.raises(TypeError, match="engine_options.*already built"):
+        famus.MetaLearner(model, opt, "mwnet", build_engine("fd"), engine_options={"fd_eps": 1e-3})
+
+
+@pytest.mark.parametrize("name", methods())
+def test_every_method_takes_loss_fn_and_regularizer_at_construction(name):
+    """What pseudo mode needs: its MixMatch loss and prior penalty passed in, not patched onto the method."""
+    calls = []
+
+    def loss_fn(z, y):
+        calls.append(z.shape)
+        return F.cross_entropy(z, y, reduction="none")
+
+    takes = METHODS.get(name).takes_loss_fn
+    method = build_method(name, loss_fn=loss_fn if takes else None, regularizer=lambda z: z.pow(2).sum())
+    plain = build_method(name)
+    n, c = 5, 3
+    for m in (method, plain):
+        m.bind(c, torch.device("cpu"), torch.float64)
+    theta = plain.meta_params(n, torch.zeros((), dtype=torch.float64))
+    z, y = torch.randn(n, c, dtype=torch.float64), torch.randint(0, c, (n,))
+    got, _ = method.loss(z, y, theta)
+    want, _ = plain.loss(z, y, theta)
+    torch.testing.assert_close(got, want + z.pow(2).sum())
+    assert calls == ([(n, c)] if takes else [])
+
+
+def test_every_registered_factory_lists_its_options():
+    for name in methods():
+        assert {"loss_fn", "regularizer"} <= set(option_names(METHODS.get(name)))
+    for name in engines(policy=FaMUS):  # one FaMUS engine, its backend's options first
+        names = option_names(famus.ENGINES.get(name))
+        assert {"k", "hidden", "lambda_g"} <= set(names), name
+    fd_options = option_names(famus.ENGINES.get("fd"))
+    for name in engines(backend=FD):
+        assert option_names(famus.ENGINES.get(name))[: len(fd_options)] == fd_options
+    with pytest.raises(TypeError, match=r"unknown engine option\(s\) \['kk'\] for 'famus-fd'; valid: fd_eps, scheme"):
+        build_engine("famus-fd", kk=1)
+    with pytest.raises(TypeError, match=r"unknown method option\(s\) \['k'\] for 'l2r'; valid: loss_fn, regularizer"):
+        build_method("l2r", k=1)
+
+
+def test_famus_is_one_engine_over_each_backend():
+    built = {name: build_engine(name) for name in engines(policy=FaMUS)}
+    assert {type(e) for e in built.values()} == {FaMUS}
+    assert {type(e.backend) for e in built.values()} == {SecondOrder, *FORWARD}
+    assert all(e.name == name for name, e in built.items())
+
+
+def test_bench_runs_mlc_from_the_command_line(capsys):
+    from famus.bench import main
+
+    code = main(["--model", "small-resnet", "--input-shape", "1,8,8", "--batch-size", "8", "--num-classes", "3",
+                 "--method", "mlc", "--engines", "exact,fd,famus", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert all(f"\n{e} " in out for e in ("exact", "fd", "famus")), out

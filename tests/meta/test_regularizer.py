@@ -7,15 +7,15 @@ import torch.nn.functional as F
 import famus
 from famus.train.semi import SemiLoss, prior_penalty
 
+from .conftest import FORWARD, AllLayers, engines, methods
 from .test_exactness import _fd_check
 
 
-def _semi_learner(model, method, engine, **kw):
+def _semi_learner(model, method, engine, **engine_options):
+    """Pseudo mode's learner: its MixMatch loss and prior penalty given at construction."""
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    learner = famus.MetaLearner(model, opt, method, engine, **kw)
-    learner.method.loss_fn = SemiLoss(3, lambda_u=5.0)
-    learner.method.regularizer = prior_penalty
-    return learner
+    return famus.MetaLearner(model, opt, method, engine, engine_options=engine_options,
+                             method_options={"loss_fn": SemiLoss(3, lambda_u=5.0), "regularizer": prior_penalty})
 
 
 def _soft(batch):
@@ -25,16 +25,13 @@ def _soft(batch):
     return x, t, xm, ym
 
 
-@pytest.mark.parametrize("method", ["mwnet", "l2r"])
+@pytest.mark.parametrize("method", methods(takes_loss_fn=True))  # soft targets: a per-example loss
 def test_regularized_soft_target_meta_gradient_matches_central_differences(tiny, method):
     model, batch = tiny
     batch = _soft(batch)
     learner = _semi_learner(model, method, "exact")
     grads = learner.meta_gradient(*batch)
-    if method == "mwnet":
-        theta = {k: v.detach().clone() for k, v in learner.meta_model.named_parameters()}
-    else:
-        theta = {"eps": torch.zeros_like(grads["eps"])}
+    theta = {k: v.detach().clone() for k, v in learner.method.meta_params(batch[0].shape[0], batch[0]).items()}
     _fd_check(learner, batch, theta, grads, seed=3)
 
 
@@ -49,7 +46,7 @@ def test_regularizer_changes_the_meta_gradient(tiny):
     assert any(not torch.allclose(with_reg[k], without[k], rtol=1e-6) for k in with_reg)
 
 
-@pytest.mark.parametrize("engine", ["jvp", "fd"])
+@pytest.mark.parametrize("engine", engines(policy=AllLayers, backend=FORWARD))
 def test_forward_mode_engines_equal_exact_with_regularizer(tiny, engine):
     model, batch = tiny
     batch = _soft(batch)

@@ -5,7 +5,7 @@ import torch
 
 import famus
 
-from .conftest import TinyResNet, make_batches
+from .conftest import FORWARD, FaMUS, TinyResNet, engine_options, engines, make_batches, methods
 
 
 def _snapshot(learner):
@@ -27,14 +27,15 @@ def _snapshot(learner):
     return snap
 
 
-@pytest.mark.parametrize("method", ["mwnet", "l2r"])
-@pytest.mark.parametrize("engine", ["exact", "famus", "random", "jvp", "fd", "famus-jvp", "famus-fd"])
+@pytest.mark.parametrize("method", methods())
+@pytest.mark.parametrize("engine", engines())
 def test_meta_gradient_and_meta_loss_change_no_state(method, engine):
     torch.manual_seed(0)
     model = TinyResNet().double()
     model.dropout = torch.nn.Dropout(0.5)
     batch = make_batches()
-    learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9), method, engine)
+    learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9), method, engine,
+                                engine_options=engine_options(engine))
     learner.step(*batch)  # so optimizer and meta optimizer have state, and .grad is set
     model.eval()  # a user's mode must be restored too
     before = _snapshot(learner)
@@ -47,7 +48,7 @@ def test_meta_gradient_and_meta_loss_change_no_state(method, engine):
         assert torch.equal(before[k], after[k]), k
 
 
-@pytest.mark.parametrize("engine", ["famus", "famus-fd"])
+@pytest.mark.parametrize("engine", engines(policy=FaMUS))
 def test_meta_gradient_is_repeatable(engine):
     torch.manual_seed(0)
     model = TinyResNet().double()
@@ -59,7 +60,7 @@ def test_meta_gradient_is_repeatable(engine):
         assert torch.equal(a[k], b[k])
 
 
-@pytest.mark.parametrize("engine", ["jvp", "fd", "famus-fd"])
+@pytest.mark.parametrize("engine", engines(backend=FORWARD))
 def test_forward_mode_engines_leave_the_model_and_global_rng_alone(engine):
     """Straight engine.compute, no learner guard: model tensors are untouched, and with dropout the
     global RNG moves exactly as under the exact engine (the replayed masks are given back)."""

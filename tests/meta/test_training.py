@@ -7,6 +7,8 @@ from torch import nn
 import famus
 from famus.registry import UnknownNameError
 
+from .conftest import methods
+
 
 class PlainResNet(nn.Module):
     """A ResNet-style net with BN and residual connections; no famus import involved."""
@@ -36,7 +38,7 @@ ENGINE_OPTS = {
 }
 
 
-@pytest.mark.parametrize("method", ["mwnet", "l2r"])
+@pytest.mark.parametrize("method", methods())
 @pytest.mark.parametrize("engine", sorted(ENGINE_OPTS))
 def test_plain_model_trains_with_every_method_and_engine(method, engine):
     assert set(ENGINE_OPTS) == set(famus.ENGINES.names())

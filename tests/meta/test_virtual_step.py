@@ -10,7 +10,7 @@ from torch.func import functional_call
 import famus
 from famus.models import build_model
 
-from .conftest import TinyResNet, make_batches
+from .conftest import FORWARD, FaMUS, TinyResNet, engines, make_batches, methods
 
 FD_RTOL = 1e-6  # the fd engines, float64 (as in test_forward_mode)
 ENGINE_TOL = {"exact": 0.0, "jvp": 1e-10, "famus-jvp": 1e-10, "famus": 1e-10, "block": 1e-10, "random": 1e-10,
@@ -63,16 +63,13 @@ def _meta_loss_by_hand(learner, batch, theta, sgd=False) -> float:
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
-@pytest.mark.parametrize("method", ["mwnet", "l2r"])
+@pytest.mark.parametrize("method", methods())
 def test_adam_aware_meta_gradient_matches_central_differences(method, amsgrad):
     """d L_c(w - P * g(theta)) / d theta: the engine's value against a central difference written here."""
     learner = _adam_learner(lambda: (torch.manual_seed(0), TinyResNet().double())[1], method, amsgrad=amsgrad)
     batch = make_batches(seed=3)
     grads = learner.meta_gradient(*batch)
-    if method == "mwnet":
-        theta = {k: v.detach().clone() for k, v in learner.meta_model.named_parameters()}
-    else:
-        theta = {"eps": torch.zeros(batch[0].shape[0], dtype=torch.float64)}
+    theta = {k: v.detach().clone() for k, v in learner.method.meta_params(batch[0].shape[0], batch[0]).items()}
     gen = torch.Generator().manual_seed(1)
     eps = 1e-5
     for _ in range(3):
@@ -103,7 +100,7 @@ def test_every_engine_uses_the_same_preconditioned_step(engine):
     assert _rel(ref.meta_gradient(*batch, layers=layers, meta_grad="exact"), want) == 0.0
 
 
-@pytest.mark.parametrize("engine", ["famus-jvp", "famus-fd"])
+@pytest.mark.parametrize("engine", engines(policy=FaMUS, backend=FORWARD))
 def test_famus_sampler_gradients_under_adam_equal_famus_over_exact(engine):
     """The gates' straight-through gradients use the elementwise step too (``<P * V, g>``)."""
     opts = {"candidates": "all", "lambda_g": 0.1, "k": 2.5, "seed": 3}

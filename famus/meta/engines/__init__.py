@@ -1,12 +1,24 @@
-"""Meta-gradient engines, by name.
+"""Meta-gradient engines, by name (each module registers its engines on import).
 
 Second-order backprop: ``exact``, ``famus``, ``block``, ``random``. Forward mode (no double
-backward): ``jvp``, ``fd``, ``famus-jvp``, ``famus-fd``.
+backward): ``jvp``, ``fd``, ``famus-jvp``, ``famus-fd``. Every engine is a layer policy over a
+backend (:func:`~famus.meta.engines.base.over`).
 """
 
-from famus.meta.engines import directional as _directional  # noqa: F401  (registers)
 from famus.meta.engines import famus as _famus  # noqa: F401  (registers)
-from famus.meta.engines import second_order as _second_order  # noqa: F401  (registers)
-from famus.meta.engines.base import DEFAULT_ENGINE, ENGINES, STAGES, Engine, MetaBatch, MetaResult, build_engine
+from famus.meta.engines import fixed as _fixed  # noqa: F401  (registers)
+from famus.meta.engines.base import (
+    DEFAULT_ENGINE,
+    ENGINES,
+    STAGES,
+    Backend,
+    Engine,
+    MetaBatch,
+    MetaResult,
+    Sampler,
+    VirtualTrain,
+    build_engine,
+)
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "STAGES", "Engine", "MetaBatch", "MetaResult", "build_engine"]
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "STAGES", "Backend", "Engine", "MetaBatch", "MetaResult", "Sampler",
+           "VirtualTrain", "build_engine"]

@@ -1,9 +1,17 @@
-"""The one small interface every meta-gradient engine implements."""
+"""The one small interface every meta-gradient engine implements, and what goes in and out of it.
+
+An engine is a layer policy (which layers contribute: all, a fixed block, random ones, FaMUS's
+samplers) over a :class:`Backend` (how the meta gradient is computed: second-order backprop, a
+forward-mode JVP or a finite difference). Every registered engine is one such pair (:func:`over`).
+"""
 
 from __future__ import annotations
 
+import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -11,10 +19,11 @@ from torch import Tensor, nn
 from famus.meta.inputs import Inputs
 from famus.meta.layers import LayerInfo
 from famus.meta.methods import MetaMethod
-from famus.meta.precision import full_precision, master_dtype
+from famus.meta.options import build, option_names
+from famus.meta.precision import master_dtype
 from famus.registry import Registry
 
-ENGINES: Registry[type[Engine]] = Registry("engine")
+ENGINES: Registry[Callable[..., Engine]] = Registry("engine")
 # the engine of famus train and MetaLearner when none is named: the meta gradient of ``exact`` (to
 # a finite-difference error of ~1e-4) at the cost of one extra forward pass instead of a second-order
 # backward; docs/learning-quality.md measures that it learns the weighting as ``exact`` does
@@ -102,6 +111,43 @@ class MetaBatch:
 
 
 @dataclass
+class VirtualTrain:
+    """What the Virtual-Train stage produced that Actual-Train may reuse (one field of :class:`MetaResult`).
+
+    Attributes:
+        logits: ``(n, C)`` Virtual-Train logits at w: still in their autograd graph when ``reusable``,
+            else detached. The learner computes the Actual-Train weights at them.
+        loss: 0-d, the Virtual-Train weighted loss (the union batch's in a process group), detached.
+        weights: ``(n,)`` Virtual-Train coefficients ``c``, detached.
+        grads: parameter name -> Virtual-Train gradient ``grad_w sum_i c_i L_i`` at the old meta
+            parameters (``None`` for unused parameters): what the lagged mode steps with. Detached in a
+            :class:`MetaResult`; in the graph (``create_graph``) inside a backend.
+        buffers: buffer name -> value after the Virtual-Train forward alone (the running statistics
+            an Actual-Train forward on the same batch would produce).
+        reusable: ``batch.keep_virtual`` and the forward drew no random numbers (no dropout), so
+            ``logits`` equal an Actual-Train forward's and the learner may backpropagate through them.
+    """
+
+    logits: Tensor
+    loss: Tensor
+    weights: Tensor
+    grads: dict[str, Tensor | None]
+    buffers: dict[str, Tensor]
+    reusable: bool = False
+
+    def detached(self) -> VirtualTrain:
+        """The record a :class:`MetaResult` carries: gradients detached, logits kept only if reusable."""
+        return VirtualTrain(
+            logits=self.logits if self.reusable else self.logits.detach(),
+            loss=self.loss,
+            weights=self.weights,
+            grads={n: None if g is None else g.detach() for n, g in self.grads.items()},
+            buffers=self.buffers,
+            reusable=self.reusable,
+        )
+
+
+@dataclass
 class MetaResult:
     """What an engine returns.
 
@@ -115,44 +161,68 @@ class MetaResult:
         sampler_grads: sampler parameter name -> gradient, for engines with samplers.
         gates: layer name -> 0-d tensor, 1.0 where the layer contributed (samplers' layers and pinned ones).
         meta_loss: ``L_c``, 0-d, detached.
-        train_loss: the Virtual-Train weighted loss, 0-d, detached.
-        weights: Virtual-Train coefficients ``c`` ``(n,)``, detached.
         aux: other detached scalars (``loss_r``, ``loss_g``).
         times: stage name -> seconds, for the four meta stages.
-        virtual_logits: ``(n, C)`` Virtual-Train logits at w, still in their autograd graph; set only
-            when ``batch.keep_virtual`` and the forward pass drew no random numbers (no dropout), so
-            that they equal the Actual-Train forward's logits.
-        virtual_buffers: buffer name -> value after the Virtual-Train forward alone (the running
-            statistics an Actual-Train forward on the same batch would produce).
-        train_grads: parameter name -> detached Virtual-Train gradient ``grad_w sum_i c_i L_i`` at the
-            old meta parameters (what the lagged mode steps with); ``None`` for unused parameters.
-        logits: ``(n, C)`` Virtual-Train logits, detached (always set by famus's engines): the learner
-            computes the Actual-Train weights at them for :attr:`MetaUpdate.weights`.
+        virtual: the Virtual-Train record (Actual-Train reuse, lagged mode, the Virtual-Train loss and
+            weights); ``None`` from an engine that keeps none.
     """
 
     meta_grads: dict[str, Tensor]
     sampler_grads: dict[str, Tensor] | None = None
     gates: dict[str, Tensor] | None = None
     meta_loss: Tensor | None = None
-    train_loss: Tensor | None = None
-    weights: Tensor | None = None
     aux: dict[str, Tensor] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
-    virtual_logits: Tensor | None = None
-    virtual_buffers: dict[str, Tensor] | None = None
-    train_grads: dict[str, Tensor | None] | None = None
-    logits: Tensor | None = None
+    virtual: VirtualTrain | None = None
+
+
+class Sampler(Protocol):
+    """One step's gate draw (FaMUS): which of its layers contribute, given the Virtual-Train gradients.
+
+    ``sampler(grads)`` returns ``(gates, extra_loss, sampler_params)``: layer name -> 0-d
+    straight-through gate in {0, 1}, a term added to the meta objective (L_r) or ``None``, and the
+    sampler parameters to differentiate. ``layers``: every layer it may switch on.
+    """
+
+    layers: set[str]
+
+    def __call__(self, grads: dict[str, Tensor | None]) -> tuple[dict[str, Tensor], Tensor | None, dict[str, Tensor]]:
+        ...
+
+
+class Backend(Protocol):
+    """How the meta gradient is computed: second order, ``jvp`` or ``fd`` (one signature for all)."""
+
+    def __call__(self, batch: MetaBatch, contributing: set[str] | None, sampler: Sampler | None = None,
+                 lambda_g: float = 0.0) -> MetaResult:
+        """One Virtual-Train and Meta-Train.
+
+        Args:
+            batch: the step's data, parameters and method.
+            contributing: layers whose meta-gradient path is kept (``None``: all).
+            sampler: FaMUS's gates; its layers keep the path only when their gate is 1.
+            lambda_g: weight of L_g on the last layer (0 disables it).
+        """
+        ...
 
 
 class Engine:
-    """Base class of meta-gradient engines.
+    """Base class of meta-gradient engines: a layer policy over a :class:`Backend`.
 
-    Subclasses implement :meth:`compute`. Engines with learned state (FaMUS samplers)
-    also implement :meth:`bind`, :meth:`apply`, :meth:`state_dict` and
-    :meth:`load_state_dict`.
+    Subclasses implement :meth:`run`. Engines with learned state (FaMUS samplers) also implement
+    :meth:`apply`, :meth:`parameters`, :meth:`optimizers`, :meth:`state_dict` and :meth:`load_state_dict`.
+
+    Args:
+        backend: the meta-gradient computation.
+        name: the registry name (``"famus-fd"``); default: the class's.
     """
 
     name = "base"
+
+    def __init__(self, backend: Backend, name: str | None = None) -> None:
+        self.backend = backend
+        if name is not None:
+            self.name = name
 
     def bind(self, layers: list[LayerInfo], device: torch.device, dtype: torch.dtype) -> None:
         """Called once, when the learner knows the model's layers."""
@@ -166,8 +236,12 @@ class Engine:
         Args:
             batch: the step's data, parameters and method.
             generator: CPU generator for any randomness (gates, layer draws).
-            layers: when given, only these layers contribute (fixed; no sampler).
+            layers: when given, only these layers (names or module prefixes) contribute (fixed; no sampler).
         """
+        return self.run(batch, generator, None if layers is None else select_layers(batch.layers, layers))
+
+    def run(self, batch: MetaBatch, generator: torch.Generator, fixed: set[str] | None) -> MetaResult:
+        """:meth:`compute` with ``layers`` resolved to layer names (``None``: the engine's own choice)."""
         raise NotImplementedError
 
     def apply(self, result: MetaResult) -> None:
@@ -204,23 +278,25 @@ def select_layers(infos: list[LayerInfo], wanted: list[str], what: str = "layers
     return out
 
 
-def build_engine(name: str, **options) -> Engine:
-    """An engine by registry name, e.g. ``build_engine("famus", k=4)``."""
-    return ENGINES.get(name)(**options)
+def over(engine: type[Engine], backend: Callable[..., Backend], name: str) -> Callable[..., Engine]:
+    """The registration ``name``: ``engine`` over ``backend``, taking the options of both.
 
-
-def run_gates(gate_fn, grads: dict[str, Tensor | None]):
-    """Call FaMUS's ``gate_fn`` on the Virtual-Train gradients, if there is one.
-
-    Returns:
-        ``(gates, extra_loss, sampler_params, hard)``: straight-through gates by layer, the L_r
-        term (or ``None``), the sampler parameters to differentiate, and each gate's 0/1 value
-        as a Python bool (one host sync for all gates: the meta graph's shape depends on them).
+    ``over(FaMUS, FD, "famus-fd")(k=2, fd_eps=1e-4)`` is ``FaMUS(FD(fd_eps=1e-4), "famus-fd", k=2)``.
     """
-    if gate_fn is None:
-        return {}, None, {}, {}
-    device = next(g for g in grads.values() if g is not None).device
-    with full_precision(device):  # samplers and Gumbel noise in full precision (famus.meta.precision)
-        gates, extra, sampler_params = gate_fn(grads)
-    hard = dict(zip(gates, torch.stack([g.detach() for g in gates.values()]).tolist())) if gates else {}
-    return gates, extra, sampler_params, hard
+    own = option_names(backend)
+    params = [p for p in inspect.signature(backend).parameters.values() if p.name in own]
+    params += [p for p in inspect.signature(engine).parameters.values()
+               if p.name not in ("backend", "name") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def factory(**options) -> Engine:
+        return engine(backend(**{k: options.pop(k) for k in own if k in options}), name, **options)
+
+    factory.__signature__ = inspect.Signature([p.replace(kind=p.KEYWORD_ONLY) for p in params])
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = f"The {name!r} engine: {engine.__name__} over {getattr(backend, '__name__', backend)}."
+    return factory
+
+
+def build_engine(name: str, **options) -> Engine:
+    """An engine by registry name, e.g. ``build_engine("famus", k=4)``; unknown options list the valid ones."""
+    return build(ENGINES, name, options)

@@ -1,4 +1,4 @@
-"""Meta gradients without a second backward pass: the ``jvp`` and ``fd`` engines.
+"""The forward-mode backends: meta gradients without a second backward pass (``jvp`` and ``fd``).
 
 Write the method's training loss as ``l(z, theta)`` with ``z = f(x; w)`` the ``(n, C)`` logits,
 and ``g(theta) = grad_w l = J^T grad_z l`` (``J = dz/dw``). With ``w_hat = w - alpha * g``,
@@ -34,10 +34,11 @@ from torch import Tensor, nn
 
 from famus import distributed as dist
 from famus.meta import inputs as io
-from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, StageTimer, run_gates, select_layers
+from famus.meta.engines.base import MetaBatch, MetaResult, Sampler, StageTimer
 from famus.meta.engines.derivative import default_fd_eps, fd_logits, jvp_logits
-from famus.meta.engines.second_order import GateFn, grad_match_loss
-from famus.meta.engines.staging import Stages, Trace, rng_state, same_rng_state, set_rng_state
+from famus.meta.engines.second_order import grad_match_loss
+from famus.meta.engines.staging import Stages, Trace, rng_state, set_rng_state
+from famus.meta.engines.virtual import Gates, draw_gates, pack, virtual_train
 from famus.meta.precision import autocast_on, full_precision, meta_ce, method_loss, upcast
 
 MODES = ("jvp", "fd")
@@ -63,9 +64,9 @@ def _theta_grads(batch: MetaBatch, logits: Tensor, jd: Tensor | None) -> dict[st
     return {n: zeros[n] if g is None else g for n, g in zip(names, out)}
 
 
-def _trace(batch: MetaBatch, stages: Stages, contributing: set[str] | None, gated: set[str] | None) -> Trace:
-    """A trace keeping only the stage inputs a later pass can start from."""
-    if contributing is None or gated is None:
+def _trace(batch: MetaBatch, stages: Stages, contributing: set[str] | None, gated: set[str]) -> Trace:
+    """A trace keeping only the stage inputs a later pass can start from (``gated``: layers a sampler may switch on)."""
+    if contributing is None:
         return Trace()
     possible = contributing | gated
     first = [min(stages.stage_of[p] for p in i.params) for i in batch.layers if i.name in possible]
@@ -133,23 +134,22 @@ def _step_dot(lr: float | Tensor, v: Tensor, g: Tensor) -> Tensor:
 
 
 def _sampler_grads(
-    batch: MetaBatch, gates: dict[str, Tensor], hard: dict[str, bool], extra: Tensor | None,
-    sampler_params: dict[str, Tensor], V: dict[str, Tensor], grads: dict[str, Tensor | None],
+    batch: MetaBatch, gates: Gates, V: dict[str, Tensor], grads: dict[str, Tensor | None],
 ) -> dict[str, Tensor] | None:
     """Straight-through: ``dObjective/dr_l = -<alpha V_l, g_l>`` (on) or ``+`` (off), plus L_r.
 
     ``alpha`` is the virtual step's size, a number or elementwise (``batch.lrs``).
     """
-    if not sampler_params:
+    if not gates.params:
         return None
-    objective = extra if extra is not None else 0.0
+    objective = gates.extra if gates.extra is not None else 0.0
     for info in batch.layers:
-        if info.name in gates:
+        if info.name in gates.soft:
             s = sum(_step_dot(batch.lrs[p], V[p], grads[p]) for p in info.params if p in V)
-            objective = objective + gates[info.name] * (-s if hard[info.name] else s)
-    names = list(sampler_params)
-    out = torch.autograd.grad(objective, [sampler_params[n] for n in names], allow_unused=True)
-    return {n: torch.zeros_like(sampler_params[n]) if g is None else g for n, g in zip(names, out)}
+            objective = objective + gates.soft[info.name] * (-s if gates.hard[info.name] else s)
+    names = list(gates.params)
+    out = torch.autograd.grad(objective, [gates.params[n] for n in names], allow_unused=True)
+    return {n: torch.zeros_like(gates.params[n]) if g is None else g for n, g in zip(names, out)}
 
 
 def _directional_derivative(
@@ -185,57 +185,51 @@ def _directional_derivative(
         set_rng_state(rng_after_meta, device)
 
 
+def _direction(batch: MetaBatch, path: list[str], V: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``d = -alpha * V`` on the path, plus L_g's direct term ``b`` on the last layer."""
+    direction = {p: -batch.lrs[p] * V[p] for p in path}
+    for p, bp in b.items():
+        direction[p] = direction[p] + bp if p in direction else bp
+    return direction
+
+
 def directional(
     batch: MetaBatch,
     contributing: set[str] | None,
-    gate_fn: GateFn | None = None,
+    sampler: Sampler | None = None,
     lambda_g: float = 0.0,
     *,
     mode: str = "jvp",
     stages: Stages,
     fd_eps: float | None = None,
     fd_scheme: str = "central",
-    gated: set[str] | None = None,
 ) -> MetaResult:
     """One Virtual-Train + Meta-Train with first-order backprop and one directional derivative.
 
     Args:
-        batch: the step's data and parameters.
-        contributing: layers whose meta-gradient path is kept (``None``: all).
-        gate_fn: FaMUS's sampler; its gated layers keep the path only when their gate is 1.
-        lambda_g: weight of L_g on the last layer (0 disables it).
-        mode: ``"jvp"`` (exact) or ``"fd"`` (central difference).
+        batch, contributing, sampler, lambda_g: as for :func:`~famus.meta.engines.second_order.second_order`.
+        mode: ``"jvp"`` (exact) or ``"fd"`` (finite difference).
         stages: the model's stages (cached-activation restarts).
         fd_eps: relative finite-difference step (default :func:`default_fd_eps`).
         fd_scheme: ``"central"`` (two extra forward passes) or ``"forward"`` (one, differenced
             against the Virtual-Train logits; see :func:`fd_logits`).
-        gated: the layers ``gate_fn`` may switch on (FaMUS's candidates), so that only the stage
-            inputs a later pass can start from are kept (``None``: keep all).
 
     Returns:
         :class:`MetaResult`, equal to :func:`second_order`'s for the same arguments and gates.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    device = batch.device
-    timer = StageTimer(device)
+    timer = StageTimer(batch.device)
     # the JVP/FD passes redo the Virtual-Train forward, so they start from the same buffers
     buffers0 = {n: b.clone() for n, b in batch.buffers.items()}
-    trace = _trace(batch, stages, contributing, gated)
-    rng_before = rng_state(device)
-    logits = stages.run(batch.params, batch.buffers, batch.x, record=trace)
-    keep = batch.keep_virtual and same_rng_state(rng_before, rng_state(device))
-    loss, c = method_loss(batch.method, logits, batch.y, batch.theta, batch.dtype)
-    timer.mark("virtual_forward")
-
-    names = list(batch.params)
-    raw = torch.autograd.grad(loss, [batch.params[n] for n in names], allow_unused=True, retain_graph=keep)
-    loss_value, *raw = dist.sum_over_ranks([loss.detach(), *raw])  # the union batch's (process group)
-    grads: dict[str, Tensor | None] = dict(zip(names, raw))
-    gates, extra, sampler_params, hard = run_gates(gate_fn, grads)
+    # only the stage inputs a later pass can start from: the sampler's layers may switch on
+    trace = _trace(batch, stages, contributing, sampler.layers if sampler is not None else set())
+    vt = virtual_train(batch, create_graph=False, timer=timer,
+                       forward=lambda: stages.run(batch.params, batch.buffers, batch.x, record=trace))
+    gates = draw_gates(sampler, vt.grads)
     timer.mark("virtual_backward")
 
-    w_hat, leaves, path = _leaves(batch, grads, hard, contributing)
+    w_hat, leaves, path = _leaves(batch, vt.grads, gates.hard, contributing)
     lowest = min((stages.stage_of[pn] for pn in leaves), default=len(stages))
     # the meta pass writes BN statistics into its own clones: batch.buffers now hold the
     # Virtual-Train statistics, which Actual-Train reuse copies back
@@ -245,98 +239,64 @@ def directional(
     timer.mark("meta_forward")
 
     aux: dict[str, Tensor] = {}
-    V, b = _objective_grads(batch, meta_loss, w_hat, leaves, grads, lambda_g, aux)
+    V, b = _objective_grads(batch, meta_loss, w_hat, leaves, vt.grads, lambda_g, aux)
     if dist.is_distributed():  # v of the union meta batch (b is the same on every rank already)
         V = dict(zip(V, dist.mean_over_ranks(list(V.values()))))
-    if extra is not None:
-        aux["loss_r"] = extra.detach()
-    sampler_grads = _sampler_grads(batch, gates, hard, extra, sampler_params, V, grads)
-    direction = {p: -batch.lrs[p] * V[p] for p in path}
-    for p, bp in b.items():
-        direction[p] = direction[p] + bp if p in direction else bp
+    if gates.extra is not None:
+        aux["loss_r"] = gates.extra.detach()
+    sampler_grads = _sampler_grads(batch, gates, V, vt.grads)
+    direction = _direction(batch, path, V, b)
     jd = None
     if direction:
-        jd = _directional_derivative(batch, stages, trace, buffers0, direction, logits, mode, fd_eps, fd_scheme)
-    meta_grads = _theta_grads(batch, logits, jd)
+        jd = _directional_derivative(batch, stages, trace, buffers0, direction, vt.logits, mode, fd_eps, fd_scheme)
+    meta_grads = _theta_grads(batch, vt.logits, jd)
     timer.mark("meta_backward")
-    return MetaResult(
-        meta_grads=meta_grads,
-        sampler_grads=sampler_grads,
-        gates={k: v.detach() for k, v in gates.items()} or None,
-        meta_loss=meta_loss.detach(),
-        train_loss=loss_value,
-        weights=c.detach(),
-        aux=aux,
-        times=timer.times,
-        virtual_logits=logits if keep else None,
-        logits=logits.detach(),
-        virtual_buffers=batch.buffers,
-        train_grads=grads,
-    )
+    return pack(vt, gates, meta_loss, meta_grads, sampler_grads, aux, timer)
 
 
-class Directional(Engine):
-    """Base of the engines built on :func:`directional`: owns the model's :class:`Stages`.
+class Staged:
+    """The model's :class:`Stages`, built once per model (declared split points are checked then).
 
     Args:
         stages: ``"auto"`` (an ``nn.Sequential``'s children), ``None`` (no cached activations),
             or a list of top-level child names (declared split points, checked on the first batch).
     """
 
-    mode = "jvp"
-
     def __init__(self, stages: str | list[str] | None = "auto") -> None:
         self.stages_spec = stages
         self._stages: tuple[nn.Module, Stages] | None = None
 
     def staging(self, batch: MetaBatch) -> Stages:
-        """The model's stages, built once per model (declared split points are checked then)."""
         if self._stages is None or self._stages[0] is not batch.model:
             example = io.head(batch.x, 2)
             self._stages = (batch.model, Stages.from_model(batch.model, self.stages_spec, example))
         return self._stages[1]
 
-    def fd_options(self) -> dict:
-        return {}
 
-    def run(self, batch, contributing, gate_fn=None, lambda_g=0.0, gated=None) -> MetaResult:
-        return directional(
-            batch, contributing, gate_fn, lambda_g,
-            mode=self.mode, stages=self.staging(batch), gated=gated if gate_fn is not None else set(),
-            **self.fd_options(),
-        )
-
-    def compute(self, batch, generator, layers=None):
-        contrib = None if layers is None else select_layers(batch.layers, layers)
-        return self.run(batch, contrib)
-
-
-@ENGINES.register("jvp")
-class JVP(Directional):
-    """The exact meta gradient by one forward-mode JVP (``torch.func.jvp``); no double backward.
+class JVP(Staged):
+    """The forward-mode :class:`~famus.meta.engines.base.Backend`: the exact meta gradient by one
+    ``torch.func.jvp`` of the logits; no double backward.
 
     Args:
-        stages: see :class:`Directional`.
+        stages: see :class:`Staged`.
     """
 
-    name = "jvp"
-    mode = "jvp"
+    def __call__(self, batch: MetaBatch, contributing: set[str] | None, sampler: Sampler | None = None,
+                 lambda_g: float = 0.0) -> MetaResult:
+        return directional(batch, contributing, sampler, lambda_g, mode="jvp", stages=self.staging(batch))
 
 
-@ENGINES.register("fd")
-class FD(Directional):
-    """The meta gradient by a finite difference of forward passes; no double backward.
+class FD(Staged):
+    """The finite-difference :class:`~famus.meta.engines.base.Backend`: ``J d`` by a finite difference
+    of forward passes; no double backward.
 
     Args:
         fd_eps: relative step (default :func:`default_fd_eps`: 2.4e-5 in float32; in float64 6.1e-6
             central, 1.5e-8 forward).
         scheme: ``"forward"`` (default): one extra forward pass, differenced against the
             Virtual-Train logits; ``"central"``: two extra passes, ``O(h^2)`` smooth error.
-        stages: see :class:`Directional`.
+        stages: see :class:`Staged`.
     """
-
-    name = "fd"
-    mode = "fd"
 
     def __init__(self, fd_eps: float | None = None, scheme: str = "forward",
                  stages: str | list[str] | None = "auto") -> None:
@@ -347,5 +307,7 @@ class FD(Directional):
             raise ValueError(f"scheme must be one of {FD_SCHEMES}, got {scheme!r}")
         self.fd_eps, self.scheme = fd_eps, scheme
 
-    def fd_options(self) -> dict:
-        return {"fd_eps": self.fd_eps, "fd_scheme": self.scheme}
+    def __call__(self, batch: MetaBatch, contributing: set[str] | None, sampler: Sampler | None = None,
+                 lambda_g: float = 0.0) -> MetaResult:
+        return directional(batch, contributing, sampler, lambda_g, mode="fd", stages=self.staging(batch),
+                           fd_eps=self.fd_eps, fd_scheme=self.scheme)

@@ -1,19 +1,22 @@
 """FaMUS: a learned gradient sampler per layer decides which layers feed the meta gradient.
 
-``famus`` runs over second-order backprop (the paper's algorithm); ``famus-jvp`` and ``famus-fd``
-run the same samplers, gates and losses over the forward-mode engines, which give the same
-meta and sampler gradients for the same gates (see :mod:`.directional`).
+One engine, a composition of the samplers and a backend: ``famus`` runs over second-order backprop
+(the paper's algorithm); ``famus-jvp`` and ``famus-fd`` are registrations of the same engine over the
+forward-mode backends, which give the same meta and sampler gradients for the same gates (see
+:mod:`.directional`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from famus import distributed as dist
-from famus.meta.engines.base import ENGINES, Engine, MetaBatch, MetaResult, select_layers
+from famus.meta.engines.base import ENGINES, Backend, Engine, MetaBatch, MetaResult, over, select_layers
 from famus.meta.engines.directional import FD, JVP
-from famus.meta.engines.second_order import second_order
+from famus.meta.engines.second_order import SecondOrder
 from famus.meta.layers import LayerInfo
 from famus.meta.sampler import GradientSampler, gumbel_gates, pooled_gradient
 
@@ -34,11 +37,47 @@ def sampler_key(layer: str) -> str:
     return layer.replace(".", "/")
 
 
-@ENGINES.register("famus")
+@dataclass
+class GateDraw:
+    """One step's draw of FaMUS's gates: the :class:`~famus.meta.engines.base.Sampler` a backend calls.
+
+    Attributes:
+        engine: the FaMUS engine (samplers, temperature, ``k``, ``lambda_r``).
+        generator: the learner's CPU generator (the Gumbel noise).
+        layers: the sampled layers' names (they may switch on).
+    """
+
+    engine: FaMUS
+    generator: torch.Generator
+    layers: set[str]
+
+    def __call__(self, grads: dict[str, Tensor | None]) -> tuple[dict[str, Tensor], Tensor | None, dict[str, Tensor]]:
+        """Gates ``{layer: 0-d}`` from the pooled Virtual-Train gradients, L_r, and the sampler parameters."""
+        eng = self.engine
+        live = [i for i in eng.sampled if grads[i.params[0]] is not None]
+        if not live:
+            return {}, None, {}
+        inputs = {i.name: pooled_gradient(grads[i.params[0]]) for i in live}
+        logits = torch.stack([eng.samplers[sampler_key(i.name)](inputs[i.name]) for i in live])
+        uniform = torch.rand(logits.shape, generator=self.generator).to(logits.device, logits.dtype)
+        r = gumbel_gates(logits, uniform, eng.temperature)
+        # in a process group every rank has the same inputs (the summed gradient), samplers and
+        # random stream, so the same gates; rank 0's are imposed anyway, since the graph's shape
+        # (hence the sequence of collectives) depends on them
+        r = dist.same_on_all_ranks(r)
+        loss_r = eng.lambda_r * (r.sum() - eng.k) ** 2
+        return {i.name: r[j] for j, i in enumerate(live)}, loss_r, dict(eng.samplers.named_parameters())
+
+
 class FaMUS(Engine):
-    """FaMUS over second-order backprop (the paper's algorithm).
+    """FaMUS: learned per-layer samplers over a backend (``famus``: second order, the paper's algorithm).
+
+    Registered as ``famus``, ``famus-jvp`` and ``famus-fd`` (the backend's options come first:
+    ``fd_eps``, ``scheme``, ``stages``; see :mod:`.directional`).
 
     Args:
+        backend: the meta-gradient computation (default: second order).
+        name: the registry name.
         k: expected number of sampled layers switched on (L_r target, paper: 4).
         lambda_r: weight of L_r = (sum_l r_l - K)^2.
         lambda_g: weight of L_g, the last layer's gradient matching loss.
@@ -56,6 +95,8 @@ class FaMUS(Engine):
 
     def __init__(
         self,
+        backend: Backend | None = None,
+        name: str | None = None,
         k: float = 4,
         lambda_r: float = 0.1,
         lambda_g: float = 0.1,
@@ -67,6 +108,7 @@ class FaMUS(Engine):
         top_tensors: int = 15,
         pin_last: bool = True,
     ) -> None:
+        super().__init__(backend if backend is not None else SecondOrder(), name)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.k, self.lambda_r, self.lambda_g = k, lambda_r, lambda_g
@@ -91,34 +133,11 @@ class FaMUS(Engine):
             self.samplers.parameters(), lr=self.sampler_lr, momentum=self.sampler_momentum
         )
 
-    def gate_fn(self, batch: MetaBatch, generator: torch.Generator):
-        """The closure :func:`second_order` calls with the Virtual-Train gradients."""
-
-        def fn(grads: dict[str, Tensor | None]):
-            live = [i for i in self.sampled if grads[i.params[0]] is not None]
-            if not live:
-                return {}, None, {}
-            inputs = {i.name: pooled_gradient(grads[i.params[0]]) for i in live}
-            logits = torch.stack([self.samplers[sampler_key(i.name)](inputs[i.name]) for i in live])
-            uniform = torch.rand(logits.shape, generator=generator).to(logits.device, logits.dtype)
-            r = gumbel_gates(logits, uniform, self.temperature)
-            # in a process group every rank has the same inputs (the summed gradient), samplers and
-            # random stream, so the same gates; rank 0's are imposed anyway, since the graph's shape
-            # (hence the sequence of collectives) depends on them
-            r = dist.same_on_all_ranks(r)
-            loss_r = self.lambda_r * (r.sum() - self.k) ** 2
-            return {i.name: r[j] for j, i in enumerate(live)}, loss_r, dict(self.samplers.named_parameters())
-
-        return fn
-
-    def run(self, batch: MetaBatch, contributing: set[str] | None, gate_fn=None, lambda_g: float = 0.0) -> MetaResult:
-        """The meta-gradient backend: second-order backprop here, forward mode in the subclasses."""
-        return second_order(batch, contributing, gate_fn, lambda_g)
-
-    def compute(self, batch, generator, layers=None):
-        if layers is not None:  # fixed layers: Eq. 9's g' for that set, no sampler, no L_g
-            return self.run(batch, select_layers(batch.layers, layers))
-        res = self.run(batch, self.pinned, self.gate_fn(batch, generator), lambda_g=self.lambda_g)
+    def run(self, batch: MetaBatch, generator: torch.Generator, fixed: set[str] | None) -> MetaResult:
+        if fixed is not None:  # fixed layers: Eq. 9's g' for that set, no sampler, no L_g
+            return self.backend(batch, fixed)
+        draw = GateDraw(self, generator, {i.name for i in self.sampled})
+        res = self.backend(batch, self.pinned, draw, lambda_g=self.lambda_g)
         one = batch.one()
         gates = res.gates or {}
         res.gates = {i.name: gates.get(i.name, one) for i in batch.layers if i.name in gates or i.name in self.pinned}
@@ -146,42 +165,6 @@ class FaMUS(Engine):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-@ENGINES.register("famus-jvp")
-class FaMUSJVP(FaMUS):
-    """FaMUS over the ``jvp`` engine: the direction is restricted to the sampled (and pinned) layers.
-
-    Args:
-        stages: see :class:`~famus.meta.engines.directional.Directional`.
-        **options: the options of :class:`FaMUS` (``k``, ``lambda_r``, ``lambda_g``, ...).
-    """
-
-    name = "famus-jvp"
-
-    def __init__(self, stages: str | list[str] | None = "auto", **options) -> None:
-        super().__init__(**options)
-        self.backend = JVP(stages)
-
-    def run(self, batch, contributing, gate_fn=None, lambda_g=0.0):
-        return self.backend.run(batch, contributing, gate_fn, lambda_g, gated={i.name for i in self.sampled})
-
-
-@ENGINES.register("famus-fd")
-class FaMUSFD(FaMUS):
-    """FaMUS over the ``fd`` engine (finite differences from the cached activations).
-
-    Args:
-        fd_eps: relative finite-difference step (see :class:`~famus.meta.engines.directional.FD`).
-        scheme: ``"forward"`` (one extra pass, the default) or ``"central"`` (two).
-        stages: see :class:`~famus.meta.engines.directional.Directional`.
-        **options: the options of :class:`FaMUS`.
-    """
-
-    name = "famus-fd"
-
-    def __init__(self, fd_eps: float | None = None, scheme: str = "forward",
-                 stages: str | list[str] | None = "auto", **options) -> None:
-        super().__init__(**options)
-        self.backend = FD(fd_eps, scheme, stages)
-
-    def run(self, batch, contributing, gate_fn=None, lambda_g=0.0):
-        return self.backend.run(batch, contributing, gate_fn, lambda_g, gated={i.name for i in self.sampled})
+ENGINES.add("famus", over(FaMUS, SecondOrder, "famus"))
+ENGINES.add("famus-jvp", over(FaMUS, JVP, "famus-jvp"))
+ENGINES.add("famus-fd", over(FaMUS, FD, "famus-fd"))

@@ -28,8 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from famus import distributed as dist
-from famus.meta.methods import METHODS, MetaMethod, make_meta_optimizer
+from famus.meta.methods.base import METHODS, MetaMethod, PerExampleLossFn, Regularizer, uniform_coefficients
 
 
 def diagonal_logit(num_classes: int, diag: float) -> float:
@@ -89,7 +88,8 @@ class MLC(MetaMethod):
     coefficients ``c`` are uniform ``1/n`` (MLC corrects the loss, it does not reweight examples).
 
     Args:
-        num_classes: C (required: the size of ``T``).
+        num_classes: C, the size of ``T``; default: the model's, given by :meth:`bind` (the learner's
+            first batch). When given, ``T`` exists from construction and :meth:`bind` checks C.
         init_diag: initial ``T[k, k]`` in ``(0, 1)``. Not 1: a saturated softmax passes almost no
             gradient to the logits, and 0.9 still starts close to plain cross-entropy.
         meta_lr: learning rate of the meta optimizer on ``T_logits``; 1e-2 with Adam is the value used
@@ -97,9 +97,12 @@ class MLC(MetaMethod):
         meta_optimizer: ``"adam"``, ``"sgd"`` or a callable ``params -> torch.optim.Optimizer``.
         meta_weight_decay: weight decay on ``T_logits`` (0: decay would pull ``T`` to uniform rows).
         meta_momentum: momentum when ``meta_optimizer="sgd"``.
+        loss_fn: must stay ``None``: the corrected loss is MLC's own (:attr:`takes_loss_fn` is false).
+        regularizer: see :class:`~famus.meta.methods.base.MetaMethod`.
     """
 
     name = "mlc"
+    takes_loss_fn = False
 
     def __init__(
         self,
@@ -109,21 +112,39 @@ class MLC(MetaMethod):
         meta_optimizer: str | Callable = "adam",
         meta_weight_decay: float = 0.0,
         meta_momentum: float = 0.9,
+        loss_fn: PerExampleLossFn | None = None,
+        regularizer: Regularizer | None = None,
     ) -> None:
-        # the learner gives methods no class count, so T's size must come from the caller
-        if num_classes is None or int(num_classes) < 2:
-            raise TypeError(
-                f"mlc needs num_classes=C >= 2 (the transition matrix is C x C), got {num_classes!r}; "
-                "e.g. MetaLearner(model, opt, 'mlc', num_classes=10)"
-            )
-        self.meta_model = TransitionMatrix(int(num_classes), init_diag)
-        self._opt = dict(spec=meta_optimizer, lr=meta_lr, weight_decay=meta_weight_decay, momentum=meta_momentum)
-        self.meta_optimizer: torch.optim.Optimizer | None = None
+        if loss_fn is not None:
+            raise ValueError("method 'mlc' has its own training loss (the corrected -log q); a loss_fn cannot be "
+                             "combined with it (use cross-entropy)")
+        super().__init__(None, regularizer)
+        if not 0.0 < init_diag < 1.0:  # checked now, not on the first batch
+            raise ValueError(f"init_diag must be in (0, 1), got {init_diag}")
+        self.init_diag = init_diag
+        if num_classes is not None:
+            self.meta_model = self._transition(num_classes)
+        self._optimizer_spec = dict(spec=meta_optimizer, lr=meta_lr, weight_decay=meta_weight_decay,
+                                    momentum=meta_momentum)
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> MLC:
-        super().to(device, dtype)
-        self.meta_optimizer = make_meta_optimizer(list(self.meta_model.parameters()), **self._opt)
-        return self
+    def _transition(self, num_classes: int) -> TransitionMatrix:
+        if int(num_classes) < 2:
+            raise ValueError(f"mlc needs num_classes >= 2 (the transition matrix is C x C), got {num_classes!r}")
+        return TransitionMatrix(int(num_classes), self.init_diag)
+
+    def bind(self, num_classes: int | None, device: torch.device, dtype: torch.dtype) -> None:
+        """Builds ``T`` ``(C, C)`` for the model's C (or checks the one given), then places it and its optimizer.
+
+        ``num_classes=None`` (the learner's construction) defers an unbuilt ``T`` to the first batch.
+        """
+        if num_classes is None and self.meta_model is None:
+            return
+        if self.meta_model is None:
+            self.meta_model = self._transition(num_classes)
+        elif num_classes is not None and self.meta_model.T_logits.shape[0] != num_classes:
+            raise ValueError(f"mlc was built for {self.meta_model.T_logits.shape[0]} classes but the model has "
+                             f"{num_classes}; pass num_classes={num_classes} or leave it out")
+        super().bind(num_classes, device, dtype)
 
     @property
     def T(self) -> Tensor:
@@ -131,16 +152,13 @@ class MLC(MetaMethod):
         with torch.no_grad():
             return self.meta_model()
 
-    def meta_params(self, n: int, like: Tensor) -> dict[str, Tensor]:
-        return dict(self.meta_model.named_parameters())
-
     def loss(self, logits: Tensor, y: Tensor, theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         t_logits = theta["T_logits"]
         if t_logits.shape[0] != logits.shape[1]:
             raise ValueError(f"mlc was built for {t_logits.shape[0]} classes but the model has {logits.shape[1]}; "
                              f"pass num_classes={logits.shape[1]}")
         losses = corrected_nll(logits, y, t_logits)
-        c = torch.full_like(losses, 1.0 / (losses.numel() * dist.world_size()))
+        c = uniform_coefficients(losses)
         return self._total(c, losses, logits), c
 
     def plain_loss(self, logits: Tensor, y: Tensor, uniform: bool = False) -> tuple[Tensor, Tensor]:
@@ -150,6 +168,5 @@ class MLC(MetaMethod):
     def actual_loss(self, logits: Tensor, y: Tensor, meta_grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         # apply() already moved T: Eq. 5 trains w with the updated meta parameters, held fixed here
         losses = corrected_nll(logits, y, self.meta_model.T_logits.detach())
-        c = torch.full_like(losses, 1.0 / (losses.numel() * dist.world_size()))
+        c = uniform_coefficients(losses)
         return self._total(c, losses, logits), c
-
