@@ -13,7 +13,7 @@ from famus.data.longtail import longtail_counts
 from famus.losses import LDAMLoss
 from famus.train import TrainConfig
 from famus.train.data import prepare_data, shot_groups
-from famus.train.loop import group_accuracy
+from famus.train.evaluation import group_accuracy
 
 from ..data.test_data_loaders import write_cifar10
 

@@ -51,7 +51,7 @@ def test_training_never_reads_clean_labels(tmp_path, monkeypatch):
     monkeypatch.setattr("famus.train.loop.prepare_data", scrambled)
     b = train(TrainConfig(**COMMON, out=str(tmp_path / "b")))
     ca, cb = (load_checkpoint(tmp_path / r / "checkpoint.pt") for r in ("a", "b"))
-    for ma, mb in zip(ca["models"], cb["models"]):
+    for ma, mb in zip(*([n["model"] for n in c["nets"]] for c in (ca, cb))):
         for k in ma:
             assert torch.equal(ma[k], mb[k]), k
     assert a["best_test_acc"] == b["best_test_acc"]
@@ -144,8 +144,8 @@ def test_pseudo_resume_equals_uninterrupted(tmp_path):
     train(TrainConfig(**{**COMMON, "epochs": 2}, out=str(tmp_path / "cut")))
     resumed = train(TrainConfig(**COMMON, out=str(tmp_path / "cut"), resume=True))
     a, b = (load_checkpoint(tmp_path / r / "checkpoint.pt") for r in ("full", "cut"))
-    for ma, mb in zip(a["models"] + [la["method"]["meta_model"] for la in a["learners"]],
-                      b["models"] + [lb["method"]["meta_model"] for lb in b["learners"]]):
+    for ma, mb in zip(*([n["model"] for n in c["nets"]] + [n["learner"]["method"]["meta_model"] for n in c["nets"]]
+                        for c in (a, b))):
         for k in ma:
             assert torch.equal(ma[k], mb[k]), k
     assert full["best_test_acc"] == resumed["best_test_acc"] and resumed["epochs"] == 3

@@ -75,8 +75,8 @@ def test_quality_logging_does_not_change_training(tmp_path, one_thread):
     b = load_checkpoint(tmp_path / "off" / "checkpoint.pt")
     for part in ("model", "optimizer"):
         assert str(a[part]) == str(b[part])  # every tensor and number of the state dicts
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["nets"][0]["model"]:
+        assert torch.equal(a["nets"][0]["model"][k], b["nets"][0]["model"][k]), k
     ma, mb = a["learner"]["method"]["meta_model"], b["learner"]["method"]["meta_model"]
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
     rows = [json.loads(x) for x in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
