@@ -75,7 +75,6 @@ def test_resume_under_bf16_and_adamw_equals_uninterrupted(tmp_path):
     (["--amp", "fp8"], "amp must be one of null, bf16, fp16"),
     (["--amp", "fp16"], "--amp fp16 needs a CUDA device"),
     (["--lr-warmup-epochs", "-1"], "lr_warmup_epochs must be in"),
-    (["--meta-set", "pseudo", "--amp", "bf16"], "pseudo does not take --amp"),
 ])
 def test_bad_choices_one_line_error_nothing_written(tmp_path, capsys, args, needle):
     out = tmp_path / "run"

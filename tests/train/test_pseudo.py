@@ -84,9 +84,9 @@ def test_cross_assignment(monkeypatch):
 
     real_step = MetaLearner.step
 
-    def step(self, x, y, xm, ym):
+    def step(self, x, y, xm, ym, **kw):
         steps.append(id(self))
-        return real_step(self, x, y, xm, ym)
+        return real_step(self, x, y, xm, ym, **kw)
 
     monkeypatch.setattr(MetaLearner, "step", step)
     import tempfile
@@ -118,9 +118,9 @@ def test_semi_false_is_algorithm_2_on_noisy_labels(tmp_path, monkeypatch):
     seen = []
     real_step = MetaLearner.step
 
-    def step(self, x, y, xm, ym):
+    def step(self, x, y, xm, ym, **kw):
         seen.append((y.dtype, y.dim()))
-        return real_step(self, x, y, xm, ym)
+        return real_step(self, x, y, xm, ym, **kw)
 
     monkeypatch.setattr(MetaLearner, "step", step)
     summary = train(TrainConfig(**{**COMMON, "pseudo_options": {"warmup_epochs": 1, "semi": False}},
