@@ -42,7 +42,7 @@ class TrainConfig:
     meta_data: str | None = None  # the trusted set from its own folder/file (then none is drawn from training)
     val_per_class: int = 0  # validation examples per class held out of the trusted set (model selection)
     meta_set: str = "clean"  # clean (held-out trusted examples) or pseudo (GMM-selected, no clean labels)
-    pseudo_options: dict[str, Any] = field(default_factory=dict)  # warmup_epochs, p_threshold, alpha, lambda_u, ...
+    pseudo_options: dict[str, Any] = field(default_factory=dict)  # PseudoOptions keys; typed: cfg.pseudo()
     augment: bool = True
     augment_options: dict[str, Any] = field(default_factory=dict)  # flip, crop, padding (default: per dataset)
     score_decay: float = 0.5  # example_scores.csv: clean score = EMA of the meta weights over visits, this decay

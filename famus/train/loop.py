@@ -25,8 +25,7 @@ from famus.train.checkpoint import BEST, CHECKPOINT, CheckpointSchedule, save_ch
 from famus.train.config import TrainConfig, from_dict, load_config
 from famus.train.data import RunData, describe_noise, prepare_data
 from famus.train.epoch import Clock, EpochRunner
-from famus.train.errors import TrainingError
-from famus.train.evaluation import evaluate, evaluate_models
+from famus.train.evaluation import evaluate_models
 from famus.train.metrics import MetricsWriter
 from famus.train.nets import Net, build_net, init_params
 from famus.train.position import EpochPosition
@@ -38,8 +37,6 @@ from famus.train.selection import ModelSelection
 from famus.train.state import Resumed, restore
 from famus.train.step import Precision, make_precision
 from famus.train.summary import run_summary, write_summary
-
-__all__ = ["TrainingError", "evaluate", "resolve_device", "train"]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -88,7 +88,8 @@ class PseudoSource:
     def attach(self, nets: list[Net]) -> None:
         """Give the networks' meta methods the MixMatch loss (and the prior penalty)."""
         for net in nets:
-            if net.learner is not None and self.opts.semi:  # r13: pass at construction
+            if net.learner is not None and self.opts.semi:
+                # r13: pass at construction
                 net.learner.method.loss_fn = self.semi
                 net.learner.method.regularizer = prior_penalty if self.opts.prior_penalty else None
 

@@ -113,7 +113,7 @@ def test_mlc_trains_from_the_command_line(tmp_path, engine):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["test_acc"] > 0.3
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
-    T = torch.softmax(ck["learner"]["method"]["meta_model"]["T_logits"], 1)
+    T = torch.softmax(ck["nets"][0]["learner"]["method"]["meta_model"]["T_logits"], 1)
     torch.testing.assert_close(T.sum(1), torch.ones(10, dtype=T.dtype))
 
 

@@ -77,3 +77,15 @@ def test_pseudo_takes_amp_cosine_and_lr_warmup(tmp_path):
     assert [r["phase"] for r in rows] == ["warmup", "meta"] and all(math.isfinite(r["train_loss"]) for r in rows)
     assert [r["lr"] for r in rows] == [lr_at(cfg, e, (e + 1) * ITERS - 1, ITERS) for e in range(2)]
     assert summary["best_test_acc"] > 0.3
+
+
+def test_checkpoint_format_reads_old_clean_and_refuses_old_pseudo():
+    """One format (``nets``); a clean-mode checkpoint of the old format still resumes, an old pseudo one not."""
+    from famus.train.state import net_states
+
+    old_clean = {"model": {"w": torch.ones(1)}, "optimizer": {"state": {}}, "learner": None}
+    assert net_states(old_clean) == [{"model": old_clean["model"], "optimizer": {"state": {}}, "learner": None,
+                                      "scaler": None}]
+    assert net_states({"nets": [{"model": {}}] * 2}) == [{"model": {}}] * 2
+    with pytest.raises(ValueError, match="pseudo-mode checkpoint of famus before one loop"):
+        net_states({"models": [{}, {}], "optimizers": [{}, {}]})
