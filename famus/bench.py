@@ -35,6 +35,7 @@ from famus.meta.engines import ENGINES, STAGES
 from famus.meta.learner import LAGGED_SUFFIX, MetaLearner
 from famus.meta.methods import METHODS
 from famus.meta.options import option_names
+from famus.train.step import erm_step
 
 DEFAULT_ENGINES = ("exact", "famus", "jvp", "fd", "famus-fd", "famus-fd+lagged")
 NOREUSE_SUFFIX = "+noreuse"
@@ -104,7 +105,8 @@ def _peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
 
 
 class _ERM:
-    """A plain training step of the same model: forward, cross-entropy, backward, SGD step."""
+    """A plain training step of the same model (:func:`famus.train.step.erm_step`): forward, cross-entropy,
+    backward, SGD step."""
 
     def __init__(self, model: nn.Module, lr: float) -> None:
         self.model = model
@@ -112,9 +114,7 @@ class _ERM:
 
     def step(self, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor) -> None:
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(self.model(x), y).backward()
-        self.optimizer.step()
+        erm_step(self.model, self.optimizer, x, y)  # the training loop's plain step
 
 
 class _Plain:

@@ -32,7 +32,7 @@ from famus.issues import detection_quality, read_scores  # noqa: E402
 from famus.models import build_model  # noqa: E402
 from famus.train.config import load_config  # noqa: E402
 from famus.train.data import RunData, prepare_data  # noqa: E402
-from famus.train.loop import lr_at  # noqa: E402
+from famus.train.step import lr_at  # noqa: E402
 
 
 def famus_row(run: Path, common: np.ndarray | None = None) -> dict:

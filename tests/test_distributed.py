@@ -123,8 +123,9 @@ def test_famus_train_inside_a_process_group_equals_one_process(two_ranks, tmp_pa
     assert ranks[0]["train"]["best_test_acc"] == pytest.approx(one["best_test_acc"], abs=1e-6)
     a, b = load_checkpoint(d / "erm" / "checkpoint.pt"), load_checkpoint(tmp_path / "one" / "checkpoint.pt")
     assert a["step"] == b["step"] > 0
-    for k in b["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    a_model, b_model = a["nets"][0]["model"], b["nets"][0]["model"]
+    for k in b_model:
+        torch.testing.assert_close(a_model[k], b_model[k], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------- torchrun -m famus train
@@ -159,8 +160,9 @@ def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
                       progress=False, epochs=2, noise="symmetric", noise_rate=0.4, out=str(tmp_path / "one")))
     a, b = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(tmp_path / "one" / "checkpoint.pt")
     assert a["step"] == b["step"] > 0
-    for k in b["model"]:
-        torch.testing.assert_close(a["model"][k].double(), b["model"][k].double(), rtol=1e-4, atol=1e-5)
+    a_model, b_model = a["nets"][0]["model"], b["nets"][0]["model"]
+    for k in b_model:
+        torch.testing.assert_close(a_model[k].double(), b_model[k].double(), rtol=1e-4, atol=1e-5)
     rows_a = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows_a] == [1, 2]

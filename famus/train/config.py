@@ -42,7 +42,7 @@ class TrainConfig:
     meta_data: str | None = None  # the trusted set from its own folder/file (then none is drawn from training)
     val_per_class: int = 0  # validation examples per class held out of the trusted set (model selection)
     meta_set: str = "clean"  # clean (held-out trusted examples) or pseudo (GMM-selected, no clean labels)
-    pseudo_options: dict[str, Any] = field(default_factory=dict)  # warmup_epochs, p_threshold, alpha, lambda_u, ...
+    pseudo_options: dict[str, Any] = field(default_factory=dict)  # PseudoOptions keys; typed: cfg.pseudo()
     augment: bool = True
     augment_options: dict[str, Any] = field(default_factory=dict)  # flip, crop, padding (default: per dataset)
     score_decay: float = 0.5  # example_scores.csv: clean score = EMA of the meta weights over visits, this decay
@@ -130,9 +130,7 @@ class TrainConfig:
         if self.meta_set not in ("clean", "pseudo"):
             raise ValueError(f"meta_set must be 'clean' or 'pseudo', got {self.meta_set!r}")
         if self.meta_set == "pseudo":
-            from famus.train.pseudo import pseudo_options  # here, so a bad option writes nothing
-
-            pseudo_options(self.pseudo_options)
+            self.pseudo()  # a bad option is refused here, before anything is written
             if self.loss != "ce":
                 raise ValueError("--meta-set pseudo trains with its own MixMatch loss; use --loss ce")
             if self.method == "mlc":
@@ -161,8 +159,6 @@ class TrainConfig:
                 raise ValueError(f"{key} must be one of {shown}, got {getattr(self, key)!r}")
         if not 0 <= self.lr_warmup_epochs <= self.epochs:
             raise ValueError(f"lr_warmup_epochs must be in [0, epochs={self.epochs}], got {self.lr_warmup_epochs}")
-        if self.meta_set == "pseudo" and (self.amp or self.schedule != "step" or self.lr_warmup_epochs):
-            raise ValueError("--meta-set pseudo does not take --amp, --schedule cosine or --lr-warmup-epochs yet")
 
     def _validate_noise(self) -> None:
         """Noise is off unless asked for; a rate without a noise (or the reverse) is a mistake, not a default."""
@@ -190,11 +186,64 @@ class TrainConfig:
         if not 0.0 <= self.score_decay < 1.0:
             raise ValueError(f"score_decay must be in [0, 1), got {self.score_decay}")
 
+    def pseudo(self) -> PseudoOptions:
+        """``pseudo_options`` as a checked :class:`PseudoOptions` (the defaults where a key is missing)."""
+        return PseudoOptions.from_dict(self.pseudo_options)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class PseudoOptions:
+    """``--meta-set pseudo``'s ``pseudo_options`` (see :mod:`famus.train.pseudo`).
+
+    ``warmup_epochs`` of plain cross-entropy first; then each epoch the GMM split (clean probability
+    above ``p_threshold``: labeled set, above ``meta_threshold``: meta set, at least ``min_meta``)
+    and MixMatch batches (``alpha``, ``temperature``, ``lambda_u`` ramped up over ``rampup_epochs``,
+    label ``refine``-ment, ``prior_penalty``), or with ``semi: false`` plain noisy-label batches.
+    """
+
+    warmup_epochs: int = 1
+    p_threshold: float = 0.5
+    meta_threshold: float = 0.5
+    alpha: float = 4.0
+    lambda_u: float = 25.0
+    rampup_epochs: int = 16
+    temperature: float = 0.5
+    min_meta: int = 10
+    refine: bool = True
+    prior_penalty: bool = True
+    semi: bool = True
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> PseudoOptions:
+        """``options`` over the defaults, checked: an unknown key or a bad value is a ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(options) - names
+        if unknown:
+            raise ValueError(f"unknown pseudo_options {sorted(unknown)}; valid: {', '.join(sorted(names))}")
+        opts = {**dataclasses.asdict(cls()), **options}
+        for name, hint in typing.get_type_hints(cls).items():
+            if not _matches(opts[name], hint) or _non_finite(opts[name]) is not None:
+                raise ValueError(f"pseudo_options {name} must be {_kind(hint)}, got {_show(opts[name])}")
+            if hint is float:
+                opts[name] = float(opts[name])
+        for key in ("p_threshold", "meta_threshold"):
+            if not 0.0 <= float(opts[key]) <= 1.0:
+                raise ValueError(f"pseudo_options {key} must be in [0, 1], got {opts[key]}")
+        for key in ("alpha", "temperature"):
+            if not float(opts[key]) > 0:
+                raise ValueError(f"pseudo_options {key} must be > 0, got {opts[key]}")
+        for key in ("warmup_epochs", "rampup_epochs", "lambda_u"):
+            if float(opts[key]) < 0:
+                raise ValueError(f"pseudo_options {key} must be >= 0, got {opts[key]}")
+        if int(opts["min_meta"]) < 1:
+            raise ValueError(f"pseudo_options min_meta must be >= 1, got {opts['min_meta']}")
+        return cls(**opts)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

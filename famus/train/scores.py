@@ -71,12 +71,16 @@ class ScoreTracker:
         self._epoch.fill_(math.nan)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"score": self.score.cpu(), "visits": self.visits.cpu(), "decay": self.decay}
+        """The scores, and the visits of the epoch under way (a mid-epoch checkpoint resumes them)."""
+        return {"score": self.score.cpu(), "visits": self.visits.cpu(), "decay": self.decay,
+                "epoch": self._epoch.cpu()}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state:
             self.score = state["score"].to(self.score.device)
             self.visits = state["visits"].to(self.visits.device)
+            if state.get("epoch") is not None:
+                self._epoch = state["epoch"].to(self._epoch.device)
 
 
 @torch.no_grad()

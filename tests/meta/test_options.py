@@ -44,7 +44,7 @@ def test_config_engine_options_reach_the_engine_only(tmp_path, one_thread):
                       meta_grad="famus", engine_options={"hidden": 6}, progress=False, out=str(out)))
     from famus.train.checkpoint import load_checkpoint
 
-    state = load_checkpoint(out / "checkpoint.pt")["learner"]
+    state = load_checkpoint(out / "checkpoint.pt")["nets"][0]["learner"]
     assert state["method"]["meta_model"]["0.weight"].shape == (100, 1)
     sampler = state["engine"]["samplers"]
     assert all(v.shape[0] == 6 for k, v in sampler.items() if k.endswith("fc1.weight"))

@@ -13,7 +13,7 @@ from famus.data.longtail import longtail_counts
 from famus.losses import LDAMLoss
 from famus.train import TrainConfig
 from famus.train.data import prepare_data, shot_groups
-from famus.train.loop import group_accuracy
+from famus.train.evaluation import group_accuracy
 
 from ..data.test_data_loaders import write_cifar10
 
@@ -113,7 +113,7 @@ def test_mlc_trains_from_the_command_line(tmp_path, engine):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["test_acc"] > 0.3
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
-    T = torch.softmax(ck["learner"]["method"]["meta_model"]["T_logits"], 1)
+    T = torch.softmax(ck["nets"][0]["learner"]["method"]["meta_model"]["T_logits"], 1)
     torch.testing.assert_close(T.sum(1), torch.ones(10, dtype=T.dtype))
 
 

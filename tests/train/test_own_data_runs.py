@@ -215,7 +215,7 @@ def test_erm_scores_are_the_probability_of_the_given_label(tmp_path):
     cfg = TrainConfig(**{k: v for k, v in yaml.safe_load((out / "config.yaml").read_text()).items()})
     data = prepare_data(cfg)
     model = famus.models.build_model("mlp", num_classes=10, in_channels=1, input_size=8)
-    model.load_state_dict(load_checkpoint(out / "checkpoint.pt")["model"])
+    model.load_state_dict(load_checkpoint(out / "checkpoint.pt")["nets"][0]["model"])
     model.eval()
     with torch.no_grad():
         p = torch.softmax(model(data.augmenter.normalize(data.train_x)), 1)

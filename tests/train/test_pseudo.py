@@ -51,7 +51,7 @@ def test_training_never_reads_clean_labels(tmp_path, monkeypatch):
     monkeypatch.setattr("famus.train.loop.prepare_data", scrambled)
     b = train(TrainConfig(**COMMON, out=str(tmp_path / "b")))
     ca, cb = (load_checkpoint(tmp_path / r / "checkpoint.pt") for r in ("a", "b"))
-    for ma, mb in zip(ca["models"], cb["models"]):
+    for ma, mb in zip(*([n["model"] for n in c["nets"]] for c in (ca, cb))):
         for k in ma:
             assert torch.equal(ma[k], mb[k]), k
     assert a["best_test_acc"] == b["best_test_acc"]
@@ -84,9 +84,9 @@ def test_cross_assignment(monkeypatch):
 
     real_step = MetaLearner.step
 
-    def step(self, x, y, xm, ym):
+    def step(self, x, y, xm, ym, **kw):
         steps.append(id(self))
-        return real_step(self, x, y, xm, ym)
+        return real_step(self, x, y, xm, ym, **kw)
 
     monkeypatch.setattr(MetaLearner, "step", step)
     import tempfile
@@ -118,9 +118,9 @@ def test_semi_false_is_algorithm_2_on_noisy_labels(tmp_path, monkeypatch):
     seen = []
     real_step = MetaLearner.step
 
-    def step(self, x, y, xm, ym):
+    def step(self, x, y, xm, ym, **kw):
         seen.append((y.dtype, y.dim()))
-        return real_step(self, x, y, xm, ym)
+        return real_step(self, x, y, xm, ym, **kw)
 
     monkeypatch.setattr(MetaLearner, "step", step)
     summary = train(TrainConfig(**{**COMMON, "pseudo_options": {"warmup_epochs": 1, "semi": False}},
@@ -144,8 +144,8 @@ def test_pseudo_resume_equals_uninterrupted(tmp_path):
     train(TrainConfig(**{**COMMON, "epochs": 2}, out=str(tmp_path / "cut")))
     resumed = train(TrainConfig(**COMMON, out=str(tmp_path / "cut"), resume=True))
     a, b = (load_checkpoint(tmp_path / r / "checkpoint.pt") for r in ("full", "cut"))
-    for ma, mb in zip(a["models"] + [la["method"]["meta_model"] for la in a["learners"]],
-                      b["models"] + [lb["method"]["meta_model"] for lb in b["learners"]]):
+    for ma, mb in zip(*([n["model"] for n in c["nets"]] + [n["learner"]["method"]["meta_model"] for n in c["nets"]]
+                        for c in (a, b))):
         for k in ma:
             assert torch.equal(ma[k], mb[k]), k
     assert full["best_test_acc"] == resumed["best_test_acc"] and resumed["epochs"] == 3

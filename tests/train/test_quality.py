@@ -71,8 +71,8 @@ def test_quality_logging_does_not_change_training(tmp_path, one_thread):
                   meta_grad="famus", lr=0.05, progress=False, epochs=2, log_every=5, noise="symmetric", noise_rate=0.4)
     train(TrainConfig(**common, out=str(tmp_path / "on")))
     train(TrainConfig(**common, out=str(tmp_path / "off"), log_quality=False))
-    a = load_checkpoint(tmp_path / "on" / "checkpoint.pt")
-    b = load_checkpoint(tmp_path / "off" / "checkpoint.pt")
+    a = load_checkpoint(tmp_path / "on" / "checkpoint.pt")["nets"][0]
+    b = load_checkpoint(tmp_path / "off" / "checkpoint.pt")["nets"][0]
     for part in ("model", "optimizer"):
         assert str(a[part]) == str(b[part])  # every tensor and number of the state dicts
     for k in a["model"]:

@@ -56,8 +56,8 @@ def test_resume_equals_uninterrupted(tmp_path, method, engine):
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert a["step"] == b["step"] > 0
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["nets"][0]["model"]:
+        assert torch.equal(a["nets"][0]["model"][k], b["nets"][0]["model"][k]), k
     assert full["best_test_acc"] == resumed["best_test_acc"]
     rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -145,7 +145,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert "NaN or inf" in _err(capsys)
     ck = load_checkpoint(out / "checkpoint.pt")
     assert ck["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert all(torch.isfinite(v).all() for v in ck["nets"][0]["model"].values())
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 

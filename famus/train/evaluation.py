@@ -1,0 +1,90 @@
+"""Accuracy of a run's networks on the test and validation splits, at each epoch's end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from famus import distributed as dist
+from famus.meta.inputs import logits_of
+from famus.train.data import GROUPS, RunData
+
+
+def group_accuracy(per_class: torch.Tensor, groups: dict[str, list[int]]) -> dict[str, float | None]:
+    """Mean per-class test accuracy of each many/medium/few-shot group (``None`` for an empty group).
+
+    The mean of per-class accuracies equals the group's accuracy on a class-balanced test set.
+    """
+    return {g: round(float(per_class[groups[g]].mean()), 6) if groups[g] else None for g in GROUPS}
+
+
+def _split(data: RunData, split: str):
+    return (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: RunData, batch_size: int,
+             split: str = "test") -> tuple[float | None, torch.Tensor | None]:
+    """Accuracy and per-class accuracy ``(C,)`` on the ``test`` (or ``val``) split, in eval mode.
+
+    ``(None, None)`` when the split is empty. With several processes each rank evaluates a contiguous part
+    of the split (the ranks' models are identical) and the per-class counts are summed over ranks.
+    """
+    xs, ys = _split(data, split)
+    if ys is None or ys.numel() == 0:
+        return None, None
+    was = model.training
+    model.eval()
+    correct = torch.zeros(data.num_classes, device=ys.device)
+    n, w, r = xs.shape[0], dist.world_size(), dist.rank()
+    for i in range(n * r // w, n * (r + 1) // w, batch_size):
+        end = min(i + batch_size, n * (r + 1) // w)
+        x = data.augmenter.normalize(xs[i:end])
+        y = ys[i:end]
+        hit = (logits_of(model(x)).argmax(1) == y).float()
+        correct.index_add_(0, y, hit)
+    (correct,) = dist.sum_over_ranks([correct])
+    model.train(was)
+    counts = torch.bincount(ys, minlength=data.num_classes).clamp(min=1)
+    return float(correct.sum() / ys.numel()), (correct / counts).cpu()
+
+
+@torch.no_grad()
+def ensemble_accuracies(models: list[nn.Module], data: RunData, batch_size: int, split: str = "test") -> list:
+    """Accuracy of each model on the ``test`` (or ``val``) split, then of their ensemble (mean logits); one
+    pass per model. ``None`` for each when the split is empty."""
+    xs, ys = _split(data, split)
+    if ys is None or ys.numel() == 0:
+        return [None] * (len(models) + 1)
+    for m in models:
+        m.eval()
+    correct = torch.zeros(len(models) + 1, dtype=torch.long)
+    for i in range(0, xs.shape[0], batch_size):
+        x = data.augmenter.normalize(xs[i : i + batch_size])
+        y = ys[i : i + batch_size]
+        logits = [logits_of(m(x)) for m in models]
+        logits.append(sum(logits) / len(models))
+        correct += torch.stack([(z.argmax(1) == y).sum().cpu() for z in logits])
+    for m in models:
+        m.train()
+    return (correct.double() / ys.numel()).tolist()
+
+
+def evaluate_models(models: list[nn.Module], data: RunData, batch_size: int,
+                    groups: dict[str, list[int]] | None = None, group_rule: str | None = None) -> dict[str, Any]:
+    """The epoch record's accuracies: ``test_acc`` and ``val_acc`` (of the ensemble when there are several
+    models, then also ``test_acc_net1``, ...), per-class and group accuracies of a single model."""
+    if len(models) > 1:
+        *each, test = ensemble_accuracies(models, data, batch_size)
+        val = ensemble_accuracies(models, data, batch_size, "val")[-1]
+        return {"test_acc": test, "val_acc": val, **{f"test_acc_net{k + 1}": a for k, a in enumerate(each)}}
+    acc, per_class = evaluate(models[0], data, batch_size)
+    val, _ = evaluate(models[0], data, batch_size, "val")
+    out: dict[str, Any] = {"test_acc": acc, "val_acc": val}
+    if per_class is not None:
+        out["per_class_acc"] = [round(float(a), 6) for a in per_class]
+        if groups is not None:
+            out.update(group_acc=group_accuracy(per_class, groups), group_rule=group_rule)
+    return out

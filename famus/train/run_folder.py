@@ -1,0 +1,104 @@
+"""A run folder's first writes: ``config.yaml``, ``run.json``, ``classes.json``, the noisy labels and the split."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import famus
+from famus import distributed as dist
+from famus.atomic import atomic_write_text
+from famus.data import save_noisy_labels
+from famus.train.config import TrainConfig
+from famus.train.data import RunData
+from famus.train.resume import CONFIG_FILE, check_resumable_folder
+from famus.verified import remove_stale_temporaries, save_verified
+
+
+def code_version() -> str:
+    """famus version plus the git commit of the source tree, when it is a checkout."""
+    here = Path(famus.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"{famus.__version__}+{commit}{'.dirty' if dirty else ''}" if commit else famus.__version__
+
+
+def check_out_dir(cfg: TrainConfig) -> Path:
+    """Fail early, before anything is loaded or written, if the run folder is unusable."""
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {str(run_dir)!r} exists and is not a folder; choose another --out")
+    if cfg.resume:
+        check_resumable_folder(run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ValueError(
+            f"--out {str(run_dir)!r} already holds files; pass --resume to continue it or choose another --out"
+        )
+    probe = run_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"cannot create --out {str(run_dir)!r}: {str(probe)!r} is a file; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to {str(probe)!r} (for --out {str(run_dir)!r}); choose a writable --out")
+    return run_dir
+
+
+def start_run_folder(cfg: TrainConfig, run_dir: Path, data: RunData, device: torch.device, resumed: bool,
+                     step: int = 0, groups=None, group_rule=None) -> None:
+    """The first writes of a run, once every check passed: stale temporaries go; a new run (or one
+    resumed without a checkpoint) gets its header; a resumed one its updated ``config.yaml`` and a
+    note in ``run.json``."""
+    remove_stale_temporaries(run_dir)
+    if not resumed:
+        _write_run_header(cfg, run_dir, data, device, groups, group_rule)
+        return
+    atomic_write_text(run_dir / CONFIG_FILE, replace(cfg, resume=False).to_yaml())  # e.g. more epochs
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    resumes = info.get("resumed") if isinstance(info.get("resumed"), list) else []
+    resumes.append({"step": step, "code_version": code_version(), "torch": torch.__version__, "device": str(device),
+                    "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    info["resumed"] = resumes
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+
+
+def _write_run_header(cfg: TrainConfig, run_dir: Path, data: RunData, device: torch.device, groups=None,
+                      group_rule=None) -> None:
+    """config.yaml, run.json (seed, code version, environment), noisy labels and the split."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, replace(cfg, resume=False).to_yaml())  # the run, not how it started
+    run_info = {"seed": cfg.seed, "code_version": code_version(), "torch": torch.__version__,
+                "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
+                "train_examples": int(data.train_x.shape[0]), "meta_examples": int(data.meta_x.shape[0]),
+                "noise": cfg.noise, "realised_noise_rate": data.noise.rate,
+                "meta_source": data.meta_source, "val_source": data.val_source,
+                "val_examples": int(data.val_y.numel()) if data.val_y is not None else 0,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "class_counts": data.class_counts().tolist()}
+    if groups is not None:
+        run_info.update(class_groups=groups, group_rule=group_rule)
+    if dist.is_distributed():
+        run_info.update(world_size=dist.world_size(), backend=torch.distributed.get_backend())
+    atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+    if data.class_names is not None:  # index -> class name (folder names, list-file names, ...)
+        atomic_write_text(run_dir / "classes.json", json.dumps(data.class_names, indent=1) + "\n")
+    save_noisy_labels(run_dir / "noisy_labels.pt", data.clean_y.cpu(), data.noise)
+    save_verified(run_dir / "split.pt", {"train_index": data.train_index, "meta_index": data.meta_index,
+                                         "meta_source": data.meta_source})
