@@ -201,6 +201,9 @@ def test_helpers_are_the_identity_without_a_process_group():
     assert fdist.broadcast_object({"a": 1}) == {"a": 1}
     with pytest.raises(ValueError, match="plain"), fdist.agree_on_errors():
         raise ValueError("plain")
+    assert fdist.to_union([t, None], "mean") == [t, None]
+    with pytest.raises(ValueError, match="reduction rule"):
+        fdist.to_union([t], "max")
 
 
 def test_sync_batchnorm_alone_is_batchnorm():
