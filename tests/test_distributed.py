@@ -18,6 +18,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+import famus
 from famus import distributed as fdist
 from famus.data import Augmenter
 from famus.train import TrainConfig, train
@@ -87,6 +88,11 @@ def test_two_ranks_equal_one_process_on_the_union_batch(two_ranks, name):
     for k, want in ref["meta_gradient"].items():  # L2R's eps: each rank has its shard's slice
         got = torch.cat([r0["meta_gradient"][k], r1["meta_gradient"][k]]) if k == "eps" else r0["meta_gradient"][k]
         torch.testing.assert_close(got, want, **tight, msg=lambda m, k=k: f"{name} meta_gradient {k}: {m}")
+
+
+def test_the_compared_cases_cover_every_engine():
+    """A newly registered engine needs a 2-rank case above before it can be called data-parallel."""
+    assert {case["engine"] for case in H.CASES.values()} == set(famus.ENGINES.names())
 
 
 def test_famus_gates_vary_in_the_compared_runs(two_ranks):
