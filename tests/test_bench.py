@@ -81,6 +81,7 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert run_cli(parser.parse_args(["--input-shape", "1,x"])) == 2
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "famus.bench", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
