@@ -19,8 +19,9 @@ STEPS = 3  # K
 N, M = 8, 6  # union training and meta batch sizes (2 ranks: shards of 4 and 3)
 CLASSES = 3
 
-# name -> learner settings; "bn": "sync" (SyncBatchNorm, compared with plain BN on the union batch)
-# or "rank" (per-rank statistics, compared with a BN that normalizes each half of the batch apart)
+# name -> learner settings (every registered engine appears: test_distributed checks it); "bn": "sync"
+# (SyncBatchNorm, compared with plain BN on the union batch) or "rank" (per-rank statistics, compared
+# with a BN that normalizes each half of the batch apart)
 CASES: dict[str, dict] = {
     "mwnet-exact-sync": dict(method="mwnet", engine="exact", bn="sync"),
     "mwnet-famus-sync": dict(method="mwnet", engine="famus", bn="sync", options=dict(k=2)),
@@ -40,6 +41,7 @@ CASES: dict[str, dict] = {
     "mwnet-fd-sync": dict(method="mwnet", engine="fd", bn="sync", fd=True),
     "mwnet-famus-fd-rank": dict(method="mwnet", engine="famus-fd", bn="rank", options=dict(k=2), fd=True),
     "mwnet-random-sync": dict(method="mwnet", engine="random", bn="sync", options=dict(s=2)),
+    "mwnet-block-rank": dict(method="mwnet", engine="block", bn="rank", options=dict(layers=["3", "6"])),
     # amortized meta updates and the meta warm-up: the ordinary steps between are collective too
     "mwnet-fd-every-sync": dict(method="mwnet", engine="fd", bn="sync", fd=True,
                                 learner=dict(meta_every=2, meta_warmup=1)),

@@ -70,7 +70,7 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = parser.parse_args([
         "--model", "small-resnet", "--input-shape", "1,8,8", "--batch-size", "8", "--num-classes", "3",
-        "--method", "mwnet", "--engines", "exact,famus,jvp,fd,famus-fd,famus-fd+lagged", "--repeats", "1",
+        "--method", "mwnet", "--engines", ",".join(DEFAULT_ENGINES), "--repeats", "1",
         "--warmup", "0", "--json", str(out),
     ])
     assert run_cli(args) == 0
@@ -81,6 +81,7 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert run_cli(parser.parse_args(["--input-shape", "1,x"])) == 2
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "famus.bench", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0

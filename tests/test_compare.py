@@ -20,6 +20,7 @@ def config(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_compare_runs_summarizes_and_skips_finished(tmp_path, config):
     out = tmp_path / "cmp"
     logs: list[str] = []
@@ -58,6 +59,7 @@ def test_compare_bad_input_fails_before_writing(tmp_path, config, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_compare_reports_a_failed_run(tmp_path, config, capsys):
     out = tmp_path / "cmp"
     rc = main(["compare", "--config", str(config), "--engines", "exact", "--seeds", "1", "--no-erm",

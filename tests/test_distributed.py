@@ -18,6 +18,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+import famus
 from famus import distributed as fdist
 from famus.data import Augmenter
 from famus.train import TrainConfig, train
@@ -56,6 +57,7 @@ META = dict(rtol=1e-8, atol=1e-10)  # Adam divides by sqrt(v): near-zero gradien
 FD = dict(rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(H.CASES))
 def test_two_ranks_equal_one_process_on_the_union_batch(two_ranks, name):
     """K steps on 2 ranks (each on its shard) = K steps of one process on the union batch: model, meta
@@ -89,6 +91,12 @@ def test_two_ranks_equal_one_process_on_the_union_batch(two_ranks, name):
         torch.testing.assert_close(got, want, **tight, msg=lambda m, k=k: f"{name} meta_gradient {k}: {m}")
 
 
+def test_the_compared_cases_cover_every_engine():
+    """A newly registered engine needs a 2-rank case above before it can be called data-parallel."""
+    assert {case["engine"] for case in H.CASES.values()} == set(famus.ENGINES.names())
+
+
+@pytest.mark.slow
 def test_famus_gates_vary_in_the_compared_runs(two_ranks):
     """The FaMUS comparisons are not trivial: gates switch layers on and off across steps."""
     ranks, _ = two_ranks
@@ -96,6 +104,7 @@ def test_famus_gates_vary_in_the_compared_runs(two_ranks):
     assert {v for g in gates for v in g.values()} == {0.0, 1.0}
 
 
+@pytest.mark.slow
 def test_helpers_on_two_ranks(two_ranks):
     ranks, _ = two_ranks
     for res in ranks:
@@ -109,6 +118,7 @@ def test_helpers_on_two_ranks(two_ranks):
     assert ranks[0]["helpers"]["agree"] == "RuntimeError: rank 1 failed: ValueError: bad input on rank 1"
 
 
+@pytest.mark.slow
 def test_famus_train_inside_a_process_group_equals_one_process(two_ranks, tmp_path):
     """``famus.train`` called on 2 ranks of a group the caller initialized (ERM, per-rank shards of
     each batch, sharded evaluation): rank 0 writes the run folder, both return its summary, and the
@@ -143,6 +153,7 @@ CLI = ["--dataset", "digits", "--model", "lenet", "--set", "model_options.width=
        "--noise-rate", "0.4"]
 
 
+@pytest.mark.slow
 def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
     """2 processes under torchrun (SyncBatchNorm), 1 epoch, then --resume to 2 epochs: the same model
     and metrics as one process running 2 epochs on the same global batches.
@@ -178,6 +189,7 @@ def test_torchrun_sync_bn_with_resume_equals_one_process(tmp_path):
     np.testing.assert_allclose(*(np.array([float(s) for s in run if s]) for run in scores), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_torchrun_a_failing_rank_fails_the_job(tmp_path):
     """Rank 1 raises mid-run: the job exits non-zero with the error, and nothing waits forever."""
     t0 = time.perf_counter()
@@ -203,6 +215,9 @@ def test_helpers_are_the_identity_without_a_process_group():
     assert fdist.broadcast_object({"a": 1}) == {"a": 1}
     with pytest.raises(ValueError, match="plain"), fdist.agree_on_errors():
         raise ValueError("plain")
+    assert fdist.to_union([t, None], "mean") == [t, None]
+    with pytest.raises(ValueError, match="reduction rule"):
+        fdist.to_union([t], "max")
 
 
 def test_sync_batchnorm_alone_is_batchnorm():

@@ -17,10 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from famus.meta.engines.base import STAGES  # the paper's Fig. 1b split of one iteration
 from famus.report.runs import Run, num
 
-# famus.meta.engines.STAGES, the paper's Fig. 1b split of one iteration.
-STAGES = ("virtual_forward", "virtual_backward", "meta_forward", "meta_backward", "actual_forward", "actual_backward")
 STAGE_COLORS = {
     "virtual_forward": "#9ecae1",
     "virtual_backward": "#3182bd",

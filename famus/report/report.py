@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from famus.report.files import atomic_write
+from famus.atomic import atomic_write_bytes, atomic_write_text
 from famus.report.html import PageFigure, page
 from famus.report.plots import (
     Plot,
@@ -124,10 +124,10 @@ def make_report(
         raise ReportError(f"--out {str(out)!r} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     for f in rendered:
-        atomic_write(out / f.filename, f.png)
-    atomic_write(out / "summary.json", js)
-    atomic_write(out / "summary.md", md)
-    atomic_write(out / "index.html", html)
+        atomic_write_bytes(out / f.filename, f.png)
+    atomic_write_text(out / "summary.json", js)
+    atomic_write_text(out / "summary.md", md)
+    atomic_write_text(out / "index.html", html)
 
     if warn is not None:
         for name, msgs in problems.items():

@@ -13,6 +13,8 @@ from famus.models import MODELS, StagedNet, build_model
 GRAY = {"small-resnet", "lenet", "mlp"}  # 28x28x1 models; the rest take 32x32x3
 SMALL_KWARGS = {"wrn": {"depth": 10, "widen_factor": 1}, "resnet": {"depth": 8}}
 HEAVY = {"wrn-28-10", "wrn-16-8", "preact-resnet18", "resnet110"}
+# 36M parameters, over 4 s on 2 busy cores: left out of the quick run (pytest -m "not slow")
+SLOW = {"wrn-28-10"}
 
 
 def input_shape(name: str) -> tuple[int, int, int]:
@@ -25,7 +27,7 @@ def built(name: str, num_classes: int = 7) -> nn.Module:
     return build_model(name, num_classes, in_channels=input_shape(name)[0], **SMALL_KWARGS.get(name, {}))
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS.names()])
 def test_forward_backward_and_stages(name: str) -> None:
     model = built(name)
     batch = 2 if name in HEAVY else 3

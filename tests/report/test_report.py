@@ -227,6 +227,7 @@ def test_same_folder_names_get_unique_labels(tmp_path):
     assert [r["run"] for r in result["runs"]] == ["x/run", "y/run"]
 
 
+@pytest.mark.slow
 def test_public_names_resolve_and_tracking_needs_no_matplotlib():
     import subprocess
     import sys

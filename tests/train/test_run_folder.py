@@ -97,6 +97,7 @@ def _checkpoint_in_epoch(out, epochs_done):
                     and metrics.read_text().count("\n") >= epochs_done)
 
 
+@pytest.mark.slow
 def test_sigkill_at_five_moments_then_resume_is_bit_identical(tmp_path, one_thread):
     """SIGKILL a subprocess run at 5 moments (in the first epoch before any checkpoint, while a checkpoint
     file is being written, while the checksum lists both the old and the new file, and twice at random
@@ -257,6 +258,7 @@ def test_resume_refuses_other_settings(finished_run, capsys, flags, keys):
     assert _snapshot(finished_run) == before  # nothing written
 
 
+@pytest.mark.slow
 def test_resume_refuses_fewer_epochs_and_allows_safe_changes(finished_run, capsys):
     run = ["train", "--out", str(finished_run), "--resume"]
     assert main(run) == 0  # nothing left to do
