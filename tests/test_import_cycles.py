@@ -5,8 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "famus"
-# known, owned elsewhere: methods registers "mlc" by importing mlc at its end (mlc imports methods)
-KNOWN = {frozenset({"famus.meta.methods", "famus.meta.mlc"})}
+KNOWN: set[frozenset[str]] = set()  # none left
 
 
 def _modules() -> dict[str, Path]:

@@ -27,7 +27,7 @@ from famus.train.data import RunData, describe_noise, prepare_data
 from famus.train.epoch import Clock, EpochRunner
 from famus.train.evaluation import evaluate_models
 from famus.train.metrics import MetricsWriter
-from famus.train.nets import Net, build_net, init_params
+from famus.train.nets import Net, build_net
 from famus.train.position import EpochPosition
 from famus.train.pseudo import PseudoSource
 from famus.train.resume import resume_checkpoint
@@ -57,7 +57,7 @@ def _validate_names(cfg: TrainConfig) -> None:
         ENGINES.get(cfg.meta_grad.removesuffix("+lagged"))  # "+lagged": the one-backward mode
     NOISE.get(cfg.noise)
     LOSSES.get(cfg.loss)
-    if cfg.loss != "ce" and cfg.method != "erm" and "loss_fn" not in init_params(cfg.method):
+    if cfg.loss != "ce" and cfg.method != "erm" and not METHODS.get(cfg.method).takes_loss_fn:
         raise ValueError(f"method {cfg.method!r} has its own training loss; --loss {cfg.loss} cannot be combined "
                          "with it (use --loss ce)")
 
@@ -197,9 +197,8 @@ class _Run:
             source = CleanSource(data, gen, sizes.batch, sizes.iters, sizes.meta_bs, sizes.shards,
                                  cfg.eval_batch_size)
         # the second network gets its own initialization (pseudo-clean co-training)
-        nets = [build_net(cfg, data, device, precision, seed_offset=100 * k) for k in range(source.nets)]
-        if isinstance(source, PseudoSource):
-            source.attach(nets)
+        nets = [build_net(cfg, data, device, precision, seed_offset=100 * k, method_options=source.method_options)
+                for k in range(source.nets)]
         scores = None  # the meta weights as clean scores, where they are the run's (example_scores.csv)
         if score_source(cfg.method, cfg.meta_set) == "meta_weight":
             scores = ScoreTracker(data.train_x.shape[0], device, cfg.score_decay)

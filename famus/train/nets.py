@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from famus import distributed as dist
 from famus.losses import build_loss
-from famus.meta import METHODS, MetaLearner
+from famus.meta import MetaLearner
 from famus.models import MODELS, build_model
 from famus.train.config import TrainConfig
 from famus.train.data import RunData
@@ -53,11 +53,6 @@ class Net:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def init_params(method: str) -> set[str]:
-    """The names a meta method's constructor takes."""
-    return set(inspect.signature(METHODS.get(method).__init__).parameters)
-
-
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     """``--optimizer``: SGD (momentum, Nesterov, L2 weight decay) or AdamW (decoupled weight decay)."""
     if cfg.optimizer == "adamw":
@@ -85,10 +80,10 @@ def _model(cfg: TrainConfig, data: RunData, device: torch.device) -> nn.Module:
 
 
 def _learner(cfg: TrainConfig, data: RunData, model: nn.Module, opt, loss_fn, seed_offset: int,
-             bind_x: Tensor) -> MetaLearner:
+             bind_x: Tensor, method_options: dict[str, Any]) -> MetaLearner:
+    # the config's options, the --loss loss, then the batch source's (pseudo mode's MixMatch loss)
     extra: dict[str, Any] = {"loss_fn": loss_fn} if loss_fn is not None else {}
-    if "num_classes" in init_params(cfg.method) and "num_classes" not in cfg.method_options:
-        extra["num_classes"] = data.num_classes  # MLC's transition matrix is C x C
+    extra.update(method_options)
     learner = MetaLearner(model, opt, cfg.method, cfg.meta_grad, seed=cfg.seed + 2 + seed_offset,
                           meta_every=cfg.meta_every, meta_warmup=meta_warmup_steps(cfg, data),
                           method_options={**cfg.method_options, **extra}, engine_options=cfg.engine_options)
@@ -97,10 +92,11 @@ def _learner(cfg: TrainConfig, data: RunData, model: nn.Module, opt, loss_fn, se
 
 
 def build_net(cfg: TrainConfig, data: RunData, device: torch.device, precision: Precision | None = None,
-              seed_offset: int = 0) -> Net:
+              seed_offset: int = 0, method_options: dict[str, Any] | None = None) -> Net:
     """Model, optimizer (``--optimizer``), per-example loss and meta learner (``None`` for ERM) of one network.
 
-    ``seed_offset`` gives a second network its own initialization (pseudo-clean co-training).
+    ``seed_offset`` gives a second network its own initialization (pseudo-clean co-training);
+    ``method_options`` are added to the config's (e.g. pseudo mode's ``loss_fn`` and ``regularizer``).
     """
     torch.manual_seed(cfg.seed + seed_offset)
     model = _model(cfg, data, device)
@@ -111,5 +107,6 @@ def build_net(cfg: TrainConfig, data: RunData, device: torch.device, precision: 
         loss_fn = None  # F.cross_entropy as before, so plain runs stay bit-identical
     learner = None
     if cfg.method != "erm":
-        learner = _learner(cfg, data, model, opt, loss_fn, seed_offset, data.augmenter.normalize(data.train_x[:2]))
+        learner = _learner(cfg, data, model, opt, loss_fn, seed_offset, data.augmenter.normalize(data.train_x[:2]),
+                           method_options or {})
     return Net(model, opt, learner, loss_fn, precision.scaler() if precision is not None else None)

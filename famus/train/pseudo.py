@@ -85,13 +85,12 @@ class PseudoSource:
         self.rng = np.random.default_rng(cfg.seed + 3)  # Beta draws for mixup
         self.semi = SemiLoss(max(batch // 2, 1))
 
-    def attach(self, nets: list[Net]) -> None:
-        """Give the networks' meta methods the MixMatch loss (and the prior penalty)."""
-        for net in nets:
-            if net.learner is not None and self.opts.semi:
-                # r13: pass at construction
-                net.learner.method.loss_fn = self.semi
-                net.learner.method.regularizer = prior_penalty if self.opts.prior_penalty else None
+    @property
+    def method_options(self) -> dict[str, Any]:
+        """With MixMatch batches (``semi``), the meta methods' loss and the prior penalty."""
+        if not self.opts.semi:
+            return {}
+        return {"loss_fn": self.semi, "regularizer": prior_penalty if self.opts.prior_penalty else None}
 
     def begin_epoch(self, epoch: int, nets: list[Net], state: dict[str, Any] | None) -> dict[str, Any]:
         """``lambda_u``'s ramp-up; at a new epoch, each network's GMM split from its own losses against the
