@@ -65,12 +65,28 @@ def run_all(out: Path, only: str | None) -> None:
     out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
 
 
+def _added_keys(xa, xb) -> set[str] | None:
+    """The keys only ``xb``'s rows have, when every key both have is equal; else ``None``."""
+    if not (isinstance(xa, list) and isinstance(xb, list)) or len(xa) != len(xb):
+        return None
+    added: set[str] = set()
+    for p, q in zip(xa, xb):
+        if set(p) - set(q) or any(p[k] != q[k] for k in p):
+            return None
+        added |= set(q) - set(p)
+    return added
+
+
 def compare(a: Path, b: Path) -> int:
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     bad = 0
     for name in sorted(set(ra) | set(rb)):
         if ra.get(name) == rb.get(name):
             print(f"{name}: identical")
+            continue
+        added = _added_keys(ra.get(name), rb.get(name))
+        if added is not None:
+            print(f"{name}: identical values; new keys {sorted(added)}")
             continue
         bad += 1
         print(f"{name}: DIFFERENT")
@@ -82,7 +98,7 @@ def compare(a: Path, b: Path) -> int:
                         print(f"  row {i} {k}: {p.get(k)!r} -> {q.get(k)!r}")
         else:
             print(f"  {xa!r:.300} -> {xb!r:.300}")
-    print(f"{len(set(ra) | set(rb)) - bad} identical, {bad} different")
+    print(f"{len(set(ra) | set(rb)) - bad} with identical values, {bad} different")
     return 1 if bad else 0
 
 
