@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from famus.registry import UnknownNameError
+from famus.yamlload import safe_load
 
 # flag -> (config key, type, help)
 TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -63,7 +64,7 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
             raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         try:
-            parsed = yaml.safe_load(value) if value else None
+            parsed = safe_load(value) if value else None
         except yaml.YAMLError as e:
             raise CLIError(f"--set {item!r}: the value is not valid YAML ({yaml_error(e)})") from None
         parts = key.replace("-", "_").split(".")
@@ -168,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one run", description="Train one run; see configs/ for examples.")
     add_train_arguments(p)
     p.set_defaults(fn=cmd_train)
-    p = sub.add_parser("demo", help="ERM vs MW-Net vs MW-Net+FaMUS on noisy Fashion-MNIST")
-    p.add_argument("--out", default="runs/demo", help="folder for the three runs")
+    p = sub.add_parser("demo", help="ERM vs MW-Net (exact, default engine, FaMUS) on noisy Fashion-MNIST")
+    p.add_argument("--out", default="runs/demo", help="folder for the four runs")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="a tiny version for smoke tests")

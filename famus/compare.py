@@ -44,7 +44,11 @@ DEFAULT_STEPS = (150, 300, 450)
 # files a famus run writes: an interrupted run folder without a checkpoint holds only these, and
 # compare may clear it to start over
 RUN_FILES = {"config.yaml", "run.json", "noisy_labels.pt", "split.pt", "metrics.jsonl", "metrics.csv",
-             "tracking.jsonl", "model_best.pt", "classes.json", "example_scores.csv", "summary.json"}
+             "tracking.jsonl", "model_best.pt", "classes.json", "example_scores.csv", "summary.json", "diverged.txt"}
+# a run that stopped because its loss became NaN or inf is a result (the method diverged in this
+# setting), not a failure to rerun: compare marks its folder with this file and counts it apart
+DIVERGED = "diverged.txt"
+DIVERGED_MESSAGE = "became NaN or inf"
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,9 @@ def plan(methods: list[str], engines: list[str], seeds: list[int], erm: bool = T
 
 
 def is_finished(run_dir: Path, epochs: int) -> bool:
-    """Whether ``run_dir`` holds a complete run of ``epochs`` epochs."""
+    """Whether ``run_dir`` holds a complete run of ``epochs`` epochs, or one that diverged."""
+    if (run_dir / DIVERGED).exists():
+        return True
     rows = read_metrics(run_dir)
     return bool(rows) and rows[-1].get("epoch") == epochs and (run_dir / "checkpoint.pt").exists()
 
@@ -132,12 +138,22 @@ def run_all(config: Path, runs: list[RunSpec], out: Path, epochs: int, jobs: int
             if proc.poll() is None:
                 continue
             active.remove(item)
-            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            log_file = logs / f"{spec.name}-seed{spec.seed}.log"
+            status = "done" if proc.returncode == 0 else _diverged(proc.returncode, log_file, spec.folder(out))
             log(f"{status}: {spec.name} seed {spec.seed} in {time.time() - t0:.0f} s")
-            if proc.returncode != 0:
+            if status.startswith("FAILED"):
                 failed.append(f"{spec.name} seed {spec.seed} (log: {logs / f'{spec.name}-seed{spec.seed}.log'})")
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed: {'; '.join(failed)}")
+
+
+def _diverged(returncode: int, log_file: Path, run_dir: Path) -> str:
+    """``"diverged"`` (and the folder marked) when the run stopped on a NaN/inf loss, else ``"FAILED ..."``."""
+    lines = [x for x in log_file.read_text(errors="replace").splitlines() if DIVERGED_MESSAGE in x]
+    if not lines:
+        return f"FAILED (exit {returncode})"
+    (run_dir / DIVERGED).write_text(lines[-1] + "\n")
+    return "diverged"
 
 
 def _window_at(windows: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
@@ -147,6 +163,9 @@ def _window_at(windows: list[dict[str, Any]], step: int) -> dict[str, Any] | Non
 def run_metrics(run_dir: Path, steps: tuple[int, ...] = DEFAULT_STEPS, late_from: int = 300) -> dict[str, Any]:
     """One run's numbers (see the module docstring) from its ``metrics.jsonl``."""
     rows = read_metrics(run_dir)
+    if (run_dir / DIVERGED).exists():  # its accuracies are those of the last good epoch: not comparable
+        its = [r["time_per_iter_s"] for r in rows]
+        return {"diverged": True, "time_per_iter_s": statistics.fmean(its) if its else None}
     if not rows:
         raise ValueError(f"{str(run_dir)!r} has no metrics.jsonl records")
     windows = [w for r in rows for w in r.get("quality_steps", [])]
@@ -189,10 +208,15 @@ def summarize(runs: list[RunSpec], out: Path, steps: tuple[int, ...] = DEFAULT_S
     for seeds in per_run.values():
         for seed, m in seeds.items():
             base = erm.get(seed, {}).get("time_per_iter_s")
-            m["x_erm"] = m["time_per_iter_s"] / base if base else None
+            m["x_erm"] = m["time_per_iter_s"] / base if base and m["time_per_iter_s"] else None
     keys = ["last_acc", "val_chosen_acc", "best_test_acc", "time_per_iter_s", "x_erm", *(f"auroc@{s}" for s in steps),
             *(f"lift@{s}" for s in steps), "late_auroc", "late_lift", "onset"]
-    table = {name: {k: _stats([m.get(k) for m in seeds.values()]) for k in keys} for name, seeds in per_run.items()}
+    table = {}
+    for name, seeds in per_run.items():
+        ok = [m for m in seeds.values() if not m.get("diverged")]
+        table[name] = {k: _stats([m.get(k) for m in ok]) for k in keys}
+        table[name]["diverged"] = len(seeds) - len(ok)
+        table[name]["runs"] = len(seeds)
     return {"steps": list(steps), "late_from": late_from, "runs": per_run, "table": table}
 
 
@@ -210,15 +234,18 @@ def format_table(result: dict[str, Any]) -> str:
             + [f"lift@{s}" for s in steps] + [f"lift >= {late}", "onset step"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, t in result["table"].items():
-        cells = [name, _fmt(t["last_acc"], 100, 2), _fmt(t["val_chosen_acc"], 100, 2), _fmt(t["best_test_acc"], 100, 2),
-                 _fmt(t["time_per_iter_s"]),
-                 _fmt(t["x_erm"], 1, 2)]
+        label = name + (f" ({t['diverged']} of {t['runs']} diverged)" if t.get("diverged") else "")
+        cells = [label, _fmt(t["last_acc"], 100, 2), _fmt(t["val_chosen_acc"], 100, 2),
+                 _fmt(t["best_test_acc"], 100, 2), _fmt(t["time_per_iter_s"]), _fmt(t["x_erm"], 1, 2)]
         cells += [_fmt(t[f"auroc@{s}"]) for s in steps] + [_fmt(t[f"lift@{s}"]) for s in steps]
         cells += [_fmt(t["late_lift"]), _fmt(t["onset"], 1, 0)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Per seed (lift@{steps[0]} / lift >= {late} / last acc):"]
     for name, seeds in result["runs"].items():
-        if name == "erm":
+        if any(m.get("diverged") for m in seeds.values()):
+            parts = [f"seed {s}: diverged" if m.get("diverged") else f"seed {s}: acc {_pct(m['last_acc'])}"
+                     for s, m in seeds.items()]
+        elif name == "erm":
             parts = [f"seed {s}: acc {_pct(m['last_acc'])}" for s, m in seeds.items()]
         else:
             parts = [f"seed {s}: {_num(m.get(f'lift@{steps[0]}'))} / {_num(m.get('late_lift'))} / "

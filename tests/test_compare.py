@@ -66,3 +66,18 @@ def test_compare_reports_a_failed_run(tmp_path, config, capsys):
                "--set", "lr=-1", "--out", str(out)])
     assert rc == 1
     assert "failed" in capsys.readouterr().err and (out / "logs" / "mwnet-exact-seed1.log").exists()
+
+
+def test_a_diverged_run_is_a_result_not_a_failure(tmp_path, config):
+    """A run stopped by a NaN loss is marked, counted apart from the statistics and not rerun."""
+    out = tmp_path / "cmp"
+    logs: list[str] = []
+    result = compare(config, ["exact"], [1], out, steps=(5,), late_from=5, extra=["lr=1e12"], log=logs.append)
+    assert "diverged: erm seed 1" in "\n".join(logs) and (out / "erm" / "seed1" / "diverged.txt").exists()
+    for name in ("erm", "mwnet-exact"):
+        assert result["table"][name]["diverged"] == 1 and result["table"][name]["last_acc"] is None
+        assert result["runs"][name][1]["diverged"] is True
+    assert "(1 of 1 diverged)" in format_table(result)
+    logs.clear()
+    compare(config, ["exact"], [1], out, steps=(5,), late_from=5, extra=["lr=1e12"], log=logs.append)
+    assert all(line.startswith("skip") for line in logs)

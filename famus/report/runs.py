@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from famus.report.tracking import TRACKING_FILE
+from famus.yamlload import safe_load
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -145,7 +146,7 @@ def load_run(path: str | Path) -> Run:
         run.problems.append(f"no {CONFIG_FILE} (method and engine unknown)")
     else:
         try:
-            cfg = yaml.safe_load(cfg_path.read_text())
+            cfg = safe_load(cfg_path.read_text())
         except (OSError, yaml.YAMLError) as e:
             run.problems.append(f"{CONFIG_FILE} is unreadable ({type(e).__name__}); method and engine unknown")
         else:

@@ -17,6 +17,7 @@ from typing import Any, Union
 import yaml
 
 from famus.meta.engines.base import DEFAULT_ENGINE
+from famus.yamlload import safe_load
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
@@ -353,7 +354,7 @@ def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} not found; see configs/ for examples")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"config file {str(p)!r} is not valid YAML: {yaml_error(e)}") from None
     if not isinstance(data, dict):

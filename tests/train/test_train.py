@@ -193,3 +193,16 @@ def test_file_noise_with_one_label_per_dataset_example_follows_the_split(tmp_pat
     d = prepare_data(cfg)
     assert torch.equal(d.train_y, noisy[d.train_index]) and torch.equal(d.clean_y, full[d.train_index])
     assert d.train_index.numel() == 750 and torch.equal(d.meta_y, full[d.meta_index])
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """PyYAML reads ``1e-3`` as a string; famus configs and ``--set`` read it as the float users mean."""
+    from famus.train.config import load_config
+    from famus.yamlload import safe_load
+
+    assert safe_load("lr: 1e-3\nx: 5E4\ny: -2e+1\nz: 1.5\nname: e5\nn: 3") == {
+        "lr": 1e-3, "x": 5e4, "y": -20.0, "z": 1.5, "name": "e5", "n": 3}
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: digits\nlr: 1e-3\nweight_decay: 5e-4\n")
+    cfg = load_config(path)
+    assert cfg.lr == 1e-3 and cfg.weight_decay == 5e-4
