@@ -115,11 +115,12 @@ def test_losses_support_forward_mode_and_double_backward(name, options):
     assert torch.isfinite(h).all()
 
 
-def _meta_learner(method, engine="exact", **kw):
+def _meta_learner(method, engine="exact", loss_fn=None, engine_options=None):
     torch.manual_seed(0)
     model = TinyResNet().double()
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    return famus.MetaLearner(model, opt, method, engine, **kw)
+    return famus.MetaLearner(model, opt, method, engine, method_options={"loss_fn": loss_fn} if loss_fn else None,
+                             engine_options=engine_options)
 
 
 @pytest.mark.parametrize("name,options", [("ldam", {"s": 5.0, "drw_epoch": 0}), ("focal", {"gamma": 1.0})])
@@ -158,7 +159,7 @@ def test_every_engine_agrees_with_exact_on_ldam(engine):
     """With every layer contributing, each engine's meta gradient on LDAM is ``exact``'s."""
     batch = make_batches()
     learner = _meta_learner("mwnet", engine, loss_fn=build_loss("ldam", torch.tensor([30, 8, 2]), s=5.0),
-                            **_engine_options(engine))
+                            engine_options=_engine_options(engine))
     exact = learner.meta_gradient(*batch, meta_grad="exact")
     got = learner.meta_gradient(*batch, layers=famus.layers(learner.model))
     tol = 1e-6 if _is_finite_difference(engine) else 1e-9

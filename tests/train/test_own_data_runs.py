@@ -117,7 +117,7 @@ def test_labels_change_only_when_noise_is_asked_for(tmp_path, capsys):
     assert changed > 5 and [int(r["given_label"]) for r in rows_of(out / "example_scores.csv")] == \
         saved["labels"].tolist()
     # the demo and every shipped config say which noise they inject
-    assert all(cfg.noise == "symmetric" and cfg.noise_rate == 0.4 for _, cfg in demo_configs(tmp_path / "demo"))
+    assert all(cfg.noise == "symmetric" and cfg.noise_rate == 0.6 for _, cfg in demo_configs(tmp_path / "demo"))
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         assert "noise" in yaml.safe_load(path.read_text()), path.name
 
