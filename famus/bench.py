@@ -185,6 +185,41 @@ def bench(
         ``ratio_to_erm``, ``cosine_to_exact``, ``rel_error_to_exact``, ``peak_memory_bytes``,
         ``stages``, ...), and the settings (``memory_method``, ``timing``, ...).
     """
+    parsed = _check(method, engines, repeats, warmup, meta_every, options)
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = meta_batch_size or batch_size
+    shape = tuple(int(s) for s in input_shape)
+    torch.manual_seed(seed)
+    model0 = _build(model, num_classes, shape[0]).to(dev)
+    batches = _random_batches(shape, batch_size, m, num_classes, warmup + repeats + 1, seed, dev)  # +1: memory
+    make = _Learners(model0, batches[0][0], method, lr, seed, options)
+    runners, report = _fidelity(make, parsed, batches[0], meta_every)
+    times, stages, reused = _time(runners, batches, warmup, repeats, dev)
+    memory = {name: _peak_memory(lambda rn=runner: rn.step(*batches[-1]), dev) for name, runner in runners.items()}
+    erm_s = statistics.median(times["erm"])
+    plain_s = statistics.median(times["plain"]) if meta_every > 1 else None
+    for spec, row in report.items():
+        if "error" not in row:
+            row.update(_timing_row(times, spec, erm_s, plain_s, meta_every), peak_memory_bytes=memory[spec],
+                       stages={s: statistics.median(t[s] for t in stages[spec]) for s in STAGES},
+                       reused_forward=reused.get(spec, False))
+    return {
+        "model": model if isinstance(model, str) else type(model0).__name__,
+        "input_shape": list(shape), "batch_size": batch_size, "meta_batch_size": m, "method": method,
+        "num_classes": num_classes, "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "repeats": repeats, "warmup": warmup,
+        "timing": f"median of {repeats} iterations after {warmup} warm-up ones, engines interleaved"
+        + (", CUDA-synchronized" if dev.type == "cuda" else ""),
+        "memory_method": CUDA_MEMORY if dev.type == "cuda" else CPU_MEMORY,
+        "options": dict(options), "meta_every": meta_every, "plain_step_s": plain_s,
+        "erm_step_s": erm_s, "erm_step_s_all": times["erm"], "erm_peak_memory_bytes": memory["erm"],
+        "engines": report,
+    }
+
+
+def _check(method: str, engines: Sequence[str], repeats: int, warmup: int, meta_every: int,
+           options: dict) -> dict[str, tuple[str, bool, bool]]:
+    """The parsed engine specs; bad counts, unknown names and options no learner takes are errors."""
     if repeats < 1 or warmup < 0 or meta_every < 1:
         raise ValueError(f"need repeats >= 1, warmup >= 0 and meta_every >= 1, got {repeats}, {warmup}, {meta_every}")
     specs = list(dict.fromkeys(engines))
@@ -194,52 +229,67 @@ def bench(
     unused = set(options) - {k for r in routed for part in r.values() for k in part}
     if unused:
         raise TypeError(f"options {sorted(unused)} are accepted by none of the engines {specs} or method {method!r}")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    m = meta_batch_size or batch_size
-    shape = tuple(int(s) for s in input_shape)
-    torch.manual_seed(seed)
-    model0 = _build(model, num_classes, shape[0]).to(dev)
+    return parsed
+
+
+def _random_batches(shape: tuple[int, ...], n: int, m: int, num_classes: int, count: int, seed: int,
+                    dev: torch.device) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """``count`` batches ``(x (n, *shape), y (n,), x_meta (m, *shape), y_meta (m,))``: standard normal inputs,
+    uniform labels."""
     gen = torch.Generator().manual_seed(seed)
     batches = []
-    for _ in range(warmup + repeats + 1):  # +1: the memory iteration
-        x = torch.randn((batch_size, *shape), generator=gen)
+    for _ in range(count):
+        x = torch.randn((n, *shape), generator=gen)
         xm = torch.randn((m, *shape), generator=gen)
-        y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+        y = torch.randint(0, num_classes, (n,), generator=gen)
         ym = torch.randint(0, num_classes, (m,), generator=gen)
         batches.append(tuple(t.to(dev) for t in (x, y, xm, ym)))
+    return batches
 
-    def learner(base: str, lagged: bool, reuse: bool) -> MetaLearner:
-        net = copy.deepcopy(model0)
-        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-        torch.manual_seed(seed)  # same meta model and sampler initialisation for every engine
-        out = MetaLearner(
-            net, opt, method, base, seed=seed, reuse_forward=reuse, lagged=lagged,
-            **_learner_options(options, method, base),
-        )
-        out.bind(batches[0][0])
+
+class _Learners:
+    """Builds each engine's learner on its own copy of the same model, with the same initialisations."""
+
+    def __init__(self, model0: nn.Module, bind_x: Tensor, method: str, lr: float, seed: int, options: dict) -> None:
+        self.model0, self.bind_x, self.method = model0, bind_x, method
+        self.lr, self.seed, self.options = lr, seed, options
+
+    def __call__(self, base: str, lagged: bool = False, reuse: bool = True) -> MetaLearner:
+        net = copy.deepcopy(self.model0)
+        opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
+        torch.manual_seed(self.seed)  # same meta model and sampler initialisation for every engine
+        out = MetaLearner(net, opt, self.method, base, seed=self.seed, reuse_forward=reuse, lagged=lagged,
+                          **_learner_options(self.options, self.method, base))
+        out.bind(self.bind_x)
         return out
 
-    # meta gradients of every engine at the same state on the first batch
-    reference = _flat(learner("exact", False, True).meta_gradient(*batches[0]))
-    runners: dict[str, object] = {"erm": _ERM(copy.deepcopy(model0), lr)}
+
+def _fidelity(make: _Learners, parsed: dict[str, tuple[str, bool, bool]], batch: tuple, meta_every: int
+              ) -> tuple[dict[str, object], dict[str, dict]]:
+    """The runners to time (ERM, the plain step, each engine) and each engine's meta gradient against
+    ``exact``'s at the same state on ``batch`` (cosine, relative error)."""
+    reference = _flat(make("exact").meta_gradient(*batch))
+    runners: dict[str, object] = {"erm": _ERM(copy.deepcopy(make.model0), make.lr)}
     if meta_every > 1:  # the ordinary weighted step between meta updates (the same for every engine)
-        runners["plain"] = _Plain(learner("exact", False, True))
+        runners["plain"] = _Plain(make("exact"))
     report: dict[str, dict] = {}
     for spec, (base, lagged, reuse) in parsed.items():
         try:
-            runners[spec] = lrn = learner(base, lagged, reuse)
+            runners[spec] = lrn = make(base, lagged, reuse)
         except ValueError as e:  # e.g. lagged L2R
             report[spec] = {"error": str(e)}
             continue
-        got = _flat(lrn.meta_gradient(*batches[0]))
+        got = _flat(lrn.meta_gradient(*batch))
         report[spec] = {
-            "engine": base,
-            "lagged": lagged,
-            "reuse_forward": reuse,
+            "engine": base, "lagged": lagged, "reuse_forward": reuse,
             "cosine_to_exact": float(F.cosine_similarity(got, reference, dim=0)),
             "rel_error_to_exact": float((got - reference).norm() / reference.norm().clamp_min(1e-300)),
         }
+    return runners, report
 
+
+def _time(runners: dict[str, object], batches: list[tuple], warmup: int, repeats: int, dev: torch.device):
+    """Per runner: the timed iterations (s), the stage times of each, and whether the forward was reused."""
     times: dict[str, list[float]] = {k: [] for k in runners}
     stages: dict[str, list[dict[str, float]]] = {k: [] for k in runners}
     reused: dict[str, bool] = {}
@@ -255,50 +305,20 @@ def bench(
                     stages[name].append(stats.times)
             if isinstance(runner, MetaLearner):
                 reused[name] = runner.reused_forward
-    memory = {name: _peak_memory(lambda rn=runner: rn.step(*batches[-1]), dev) for name, runner in runners.items()}
+    return times, stages, reused
 
-    erm_s = statistics.median(times["erm"])
-    plain_s = statistics.median(times["plain"]) if meta_every > 1 else None
+
+def _timing_row(times: dict[str, list[float]], spec: str, erm_s: float, plain_s: float | None,
+                meta_every: int) -> dict:
+    """An engine's median iteration, its ratios to ERM and exact, and (``meta_every > 1``) amortized."""
+    it = statistics.median(times[spec])
     exact_s = statistics.median(times["exact"]) if "exact" in times else None
-    for spec, row in report.items():
-        if "error" in row:
-            continue
-        it = statistics.median(times[spec])
-        row.update(
-            iteration_s=it,
-            iteration_s_all=times[spec],
-            speedup_vs_exact=exact_s / it if exact_s else None,
-            ratio_to_erm=it / erm_s,
-            peak_memory_bytes=memory[spec],
-            stages={s: statistics.median(t[s] for t in stages[spec]) for s in STAGES},
-            reused_forward=reused.get(spec, False),
-        )
-        if plain_s is not None:
-            amortized = (it + (meta_every - 1) * plain_s) / meta_every
-            row.update(amortized_s=amortized, amortized_ratio_to_erm=amortized / erm_s)
-    return {
-        "model": model if isinstance(model, str) else type(model0).__name__,
-        "input_shape": list(shape),
-        "batch_size": batch_size,
-        "meta_batch_size": m,
-        "method": method,
-        "num_classes": num_classes,
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "repeats": repeats,
-        "warmup": warmup,
-        "timing": f"median of {repeats} iterations after {warmup} warm-up ones, engines interleaved"
-        + (", CUDA-synchronized" if dev.type == "cuda" else ""),
-        "memory_method": CUDA_MEMORY if dev.type == "cuda" else CPU_MEMORY,
-        "options": {k: v for k, v in options.items()},
-        "meta_every": meta_every,
-        "plain_step_s": plain_s,
-        "erm_step_s": erm_s,
-        "erm_step_s_all": times["erm"],
-        "erm_peak_memory_bytes": memory["erm"],
-        "engines": report,
-    }
+    row = dict(iteration_s=it, iteration_s_all=times[spec], speedup_vs_exact=exact_s / it if exact_s else None,
+               ratio_to_erm=it / erm_s)
+    if plain_s is not None:
+        amortized = (it + (meta_every - 1) * plain_s) / meta_every
+        row.update(amortized_s=amortized, amortized_ratio_to_erm=amortized / erm_s)
+    return row
 
 
 def _fmt(v: float | None, spec: str) -> str:

@@ -75,6 +75,36 @@ def make_report(
         raise ReportError("no run folder found: " + "; ".join(f"{r.path}: {r.problems[0]}" for r in runs))
 
     problems: dict[str, list[str]] = {r.name: list(r.problems) for r in runs if r.problems}
+    rendered, skipped = _figures(runs, weight_steps, problems)
+    rows = [summarize(r) for r in runs if r.exists]
+    names = [f.filename for f in rendered]
+    md = markdown(rows, problems, names)
+    summary = {"runs": rows, "problems": problems, "skipped": skipped, "figures": names}
+    js = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    html = page(rows, problems, rendered, skipped)
+
+    out = _write(Path(out_dir), rendered, {"summary.json": js, "summary.md": md, "index.html": html})
+    if warn is not None:
+        for name, msgs in problems.items():
+            for m in msgs:
+                warn(f"{name}: {m}" if name == "report" else f"{_path_of(runs, name)}: {m}")
+        for s in skipped:
+            warn(f"not drawn: {s}")
+    return {
+        "out_dir": str(out),
+        "index": str(out / "index.html"),
+        "summary_md": str(out / "summary.md"),
+        "summary_json": str(out / "summary.json"),
+        "figures": [str(out / n) for n in names],
+        "runs": rows,
+        "problems": problems,
+        "skipped": skipped,
+    }
+
+
+def _figures(runs: list[Run], weight_steps: list[int] | None, problems: dict[str, list[str]]
+             ) -> tuple[list[PageFigure], list[str]]:
+    """Every figure the runs allow, and why each left-out one is missing; drawing errors go to ``problems``."""
     rendered: list[PageFigure] = []
     skipped: list[str] = []
 
@@ -112,39 +142,19 @@ def make_report(
     add("layers.png", lambda: plot_layers(runs), "layer activation counts",
         "no run has layer gates (gate_rate in metrics.jsonl or gates in tracking.jsonl)")
 
-    rows = [summarize(r) for r in runs if r.exists]
-    names = [f.filename for f in rendered]
-    md = markdown(rows, problems, names)
-    summary = {"runs": rows, "problems": problems, "skipped": skipped, "figures": names}
-    js = json.dumps(summary, indent=2, allow_nan=False) + "\n"
-    html = page(rows, problems, rendered, skipped)
+    return rendered, skipped
 
-    out = Path(out_dir)
+
+def _write(out: Path, rendered: list[PageFigure], texts: dict[str, str]) -> Path:
+    """The PNGs and text files into ``out`` (each atomically)."""
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {str(out)!r} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     for f in rendered:
         atomic_write_bytes(out / f.filename, f.png)
-    atomic_write_text(out / "summary.json", js)
-    atomic_write_text(out / "summary.md", md)
-    atomic_write_text(out / "index.html", html)
-
-    if warn is not None:
-        for name, msgs in problems.items():
-            for m in msgs:
-                warn(f"{name}: {m}" if name == "report" else f"{_path_of(runs, name)}: {m}")
-        for s in skipped:
-            warn(f"not drawn: {s}")
-    return {
-        "out_dir": str(out),
-        "index": str(out / "index.html"),
-        "summary_md": str(out / "summary.md"),
-        "summary_json": str(out / "summary.json"),
-        "figures": [str(out / n) for n in names],
-        "runs": rows,
-        "problems": problems,
-        "skipped": skipped,
-    }
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
+    return out
 
 
 def _path_of(runs: list[Run], name: str) -> str:
