@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import famus
 from famus.meta import METHODS, build_engine, build_method
+from famus.meta.layers import layer_infos
 from famus.meta.options import option_names
 from famus.train import TrainConfig, train
 
@@ -131,3 +132,18 @@ def test_bench_runs_mlc_from_the_command_line(capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert all(f"\n{e} " in out for e in ("exact", "fd", "famus")), out
+
+
+def test_an_engine_over_a_backend_of_your_choice_is_not_named_as_the_default():
+    """``AllLayers(FD())`` is the fd gradient: the learner must not file it as ``exact``."""
+    from famus.meta.engines.fixed import AllLayers
+
+    assert AllLayers().name == "exact" and AllLayers(FD()).name == "exact(FD)"
+    assert FaMUS(FD()).name == "famus(FD)" and famus.build_engine("famus-fd").name == "famus-fd"
+
+
+def test_famus_takes_one_candidate_layer_as_a_string():
+    model = TinyResNet()
+    engine = famus.build_engine("famus", candidates="conv2")
+    engine.bind(layer_infos(model), torch.device("cpu"), torch.float32)
+    assert [i.name for i in engine.sampled] == ["conv2"]

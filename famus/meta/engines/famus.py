@@ -108,7 +108,7 @@ class FaMUS(Engine):
         top_tensors: int = 15,
         pin_last: bool = True,
     ) -> None:
-        super().__init__(backend if backend is not None else SecondOrder(), name)
+        super().__init__(backend if backend is not None else SecondOrder(), name, custom=backend is not None)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.k, self.lambda_r, self.lambda_g = k, lambda_r, lambda_g
@@ -123,7 +123,8 @@ class FaMUS(Engine):
         elif self.candidates == "all":
             cand = {i.name for i in layers}
         else:
-            cand = select_layers(layers, list(self.candidates), "candidates")
+            wanted = [self.candidates] if isinstance(self.candidates, str) else list(self.candidates)
+            cand = select_layers(layers, wanted, "candidates")
         self.pinned = {layers[-1].name} if self.pin_last else set()
         self.sampled = [i for i in layers if i.name in cand and i.name not in self.pinned]
         self.samplers = nn.ModuleDict(

@@ -19,7 +19,7 @@ class AllLayers(Engine):
     name = "exact"
 
     def __init__(self, backend: Backend | None = None, name: str | None = None) -> None:
-        super().__init__(backend if backend is not None else SecondOrder(), name)
+        super().__init__(backend if backend is not None else SecondOrder(), name, custom=backend is not None)
 
     def run(self, batch: MetaBatch, generator: torch.Generator, fixed: set[str] | None) -> MetaResult:
         return self.backend(batch, fixed)
@@ -36,7 +36,7 @@ class Block(Engine):
 
     def __init__(self, backend: Backend | None = None, name: str | None = None,
                  layers: list[str] | str | None = None) -> None:
-        super().__init__(backend if backend is not None else SecondOrder(), name)
+        super().__init__(backend if backend is not None else SecondOrder(), name, custom=backend is not None)
         if layers is None:
             raise ValueError("the block engine needs layers=[...] (layer names or module prefixes)")
         self.block = [layers] if isinstance(layers, str) else list(layers)
@@ -63,7 +63,7 @@ class RandomLayers(Engine):
     name = "random"
 
     def __init__(self, backend: Backend | None = None, name: str | None = None, s: int = 4) -> None:
-        super().__init__(backend if backend is not None else SecondOrder(), name)
+        super().__init__(backend if backend is not None else SecondOrder(), name, custom=backend is not None)
         if s < 1:
             raise ValueError(f"random engine needs s >= 1, got {s}")
         self.s = s
