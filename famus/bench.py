@@ -34,7 +34,6 @@ from torch import Tensor, nn
 from famus.meta.engines import ENGINES, STAGES
 from famus.meta.learner import LAGGED_SUFFIX, MetaLearner
 from famus.meta.methods import METHODS
-from famus.meta.options import option_names
 from famus.train.step import erm_step
 
 DEFAULT_ENGINES = ("exact", "famus", "jvp", "fd", "famus-fd", "famus-fd+lagged")
@@ -127,20 +126,6 @@ class _Plain:
         self.learner.plain_step(x, y)
 
 
-def _learner_options(options: dict, method: str, engine: str) -> dict:
-    """``method_options`` and ``engine_options`` for this method and engine: the options each declares.
-
-    The bench's flat options apply to every learner whose method or engine takes them; one that the method
-    and this engine both take (``hidden`` with FaMUS) is ambiguous, a ``TypeError``.
-    """
-    own = {"method_options": option_names(METHODS.get(method)), "engine_options": option_names(ENGINES.get(engine))}
-    both = sorted(set(options) & set(own["method_options"]) & set(own["engine_options"]))
-    if both:
-        raise TypeError(f"options {both} are taken by both method {method!r} and engine {engine!r}; "
-                        "build the learners with MetaLearner(..., method_options=..., engine_options=...)")
-    return {kind: {k: v for k, v in options.items() if k in names} for kind, names in own.items()}
-
-
 def bench(
     model: str | Callable[[], nn.Module] | nn.Module,
     input_shape: Sequence[int],
@@ -155,7 +140,8 @@ def bench(
     seed: int = 0,
     lr: float = 0.1,
     meta_every: int = 1,
-    **options,
+    method_options: dict | None = None,
+    engine_options: dict[str, dict] | None = None,
 ) -> dict:
     """Time every engine on the same batches and compare its meta gradient with ``exact``'s.
 
@@ -177,22 +163,24 @@ def bench(
         meta_every: also report each engine's iteration amortized over ``meta_every`` steps, one with
             a meta update and ``meta_every - 1`` ordinary weighted steps (:meth:`MetaLearner.plain_step`,
             timed beside the others): ``(iteration + (k - 1) * plain) / k``.
-        **options: method/engine options (e.g. ``k=4``, ``fd_eps=1e-3``), given to each learner that
-            accepts them; one that no engine accepts is an error.
+        method_options: options of the method, for every learner (e.g. ``{"meta_lr": 1e-3}``).
+        engine_options: per engine name, its options (e.g. ``{"famus": {"k": 2}, "fd": {"fd_eps": 1e-3}}``);
+            a name that is not benched, or an option the engine does not take, is an error.
 
     Returns:
         A JSON-ready dict: ``erm_step_s``, ``engines`` (spec -> ``iteration_s``, ``speedup_vs_exact``,
         ``ratio_to_erm``, ``cosine_to_exact``, ``rel_error_to_exact``, ``peak_memory_bytes``,
         ``stages``, ...), and the settings (``memory_method``, ``timing``, ...).
     """
-    parsed = _check(method, engines, repeats, warmup, meta_every, options)
+    engine_options = {k: dict(v) for k, v in (engine_options or {}).items()}
+    parsed = _check(method, engines, repeats, warmup, meta_every, engine_options)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = meta_batch_size or batch_size
     shape = tuple(int(s) for s in input_shape)
     torch.manual_seed(seed)
     model0 = _build(model, num_classes, shape[0]).to(dev)
     batches = _random_batches(shape, batch_size, m, num_classes, warmup + repeats + 1, seed, dev)  # +1: memory
-    make = _Learners(model0, batches[0][0], method, lr, seed, options)
+    make = _Learners(model0, batches[0][0], method, lr, seed, dict(method_options or {}), engine_options)
     runners, report = _fidelity(make, parsed, batches[0], meta_every)
     times, stages, reused = _time(runners, batches, warmup, repeats, dev)
     memory = {name: _peak_memory(lambda rn=runner: rn.step(*batches[-1]), dev) for name, runner in runners.items()}
@@ -211,24 +199,24 @@ def bench(
         "timing": f"median of {repeats} iterations after {warmup} warm-up ones, engines interleaved"
         + (", CUDA-synchronized" if dev.type == "cuda" else ""),
         "memory_method": CUDA_MEMORY if dev.type == "cuda" else CPU_MEMORY,
-        "options": dict(options), "meta_every": meta_every, "plain_step_s": plain_s,
+        "method_options": dict(method_options or {}), "engine_options": engine_options,
+        "meta_every": meta_every, "plain_step_s": plain_s,
         "erm_step_s": erm_s, "erm_step_s_all": times["erm"], "erm_peak_memory_bytes": memory["erm"],
         "engines": report,
     }
 
 
 def _check(method: str, engines: Sequence[str], repeats: int, warmup: int, meta_every: int,
-           options: dict) -> dict[str, tuple[str, bool, bool]]:
-    """The parsed engine specs; bad counts, unknown names and options no learner takes are errors."""
+           engine_options: dict[str, dict]) -> dict[str, tuple[str, bool, bool]]:
+    """The parsed engine specs; bad counts, unknown names and options for an engine not benched are errors."""
     if repeats < 1 or warmup < 0 or meta_every < 1:
         raise ValueError(f"need repeats >= 1, warmup >= 0 and meta_every >= 1, got {repeats}, {warmup}, {meta_every}")
     specs = list(dict.fromkeys(engines))
     parsed = {s: parse_engine(s) for s in specs}
     METHODS.get(method)
-    routed = [_learner_options(options, method, b) for b, _, _ in parsed.values()]
-    unused = set(options) - {k for r in routed for part in r.values() for k in part}
-    if unused:
-        raise TypeError(f"options {sorted(unused)} are accepted by none of the engines {specs} or method {method!r}")
+    stray = sorted(set(engine_options) - {b for b, _, _ in parsed.values()})
+    if stray:
+        raise ValueError(f"engine_options for {stray}, which are not benched (engines: {', '.join(specs)})")
     return parsed
 
 
@@ -250,16 +238,17 @@ def _random_batches(shape: tuple[int, ...], n: int, m: int, num_classes: int, co
 class _Learners:
     """Builds each engine's learner on its own copy of the same model, with the same initialisations."""
 
-    def __init__(self, model0: nn.Module, bind_x: Tensor, method: str, lr: float, seed: int, options: dict) -> None:
+    def __init__(self, model0: nn.Module, bind_x: Tensor, method: str, lr: float, seed: int, method_options: dict,
+                 engine_options: dict[str, dict]) -> None:
         self.model0, self.bind_x, self.method = model0, bind_x, method
-        self.lr, self.seed, self.options = lr, seed, options
+        self.lr, self.seed, self.method_options, self.engine_options = lr, seed, method_options, engine_options
 
     def __call__(self, base: str, lagged: bool = False, reuse: bool = True) -> MetaLearner:
         net = copy.deepcopy(self.model0)
         opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         torch.manual_seed(self.seed)  # same meta model and sampler initialisation for every engine
         out = MetaLearner(net, opt, self.method, base, seed=self.seed, reuse_forward=reuse, lagged=lagged,
-                          **_learner_options(self.options, self.method, base))
+                          method_options=self.method_options, engine_options=self.engine_options.get(base))
         out.bind(self.bind_x)
         return out
 

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, method, engines, options in CALLS:
         r = bench(lambda: mlp(10, 1, hidden=HIDDEN), (1, 28, 28), 100, method, engines, repeats=args.repeats,
-                  warmup=5, lr=0.05, **options)
+                  warmup=5, lr=0.05, engine_options={e: options for e in engines} if options else None)
         for spec, e in r["engines"].items():
             rows.append({"run": f"{label}, {spec}", "method": method, "engine": spec, "options": options,
                          "iteration_ms": e["iteration_s"] * 1000, "x_erm": e["ratio_to_erm"],

@@ -56,10 +56,13 @@ def test_bench_l2r_marks_lagged_as_not_applicable():
 
 
 def test_bench_options_and_bad_input():
-    result = bench(method="mwnet", engines=["exact", "fd", "famus"], fd_eps=1e-3, k=2, **TINY)
-    assert result["options"] == {"fd_eps": 1e-3, "k": 2}
-    with pytest.raises(TypeError, match="accepted by none"):
-        bench(method="mwnet", engines=["exact"], fd_eps=1e-3, **TINY)
+    opts = {"fd": {"fd_eps": 1e-3}, "famus": {"k": 2}}
+    result = bench(method="mwnet", engines=["exact", "fd", "famus"], engine_options=opts, **TINY)
+    assert result["engine_options"] == opts and set(result["engines"]) == {"exact", "fd", "famus"}
+    with pytest.raises(TypeError, match="fd_eps"):  # exact takes no fd_eps: each option goes to its owner only
+        bench(method="mwnet", engines=["exact"], engine_options={"exact": {"fd_eps": 1e-3}}, **TINY)
+    with pytest.raises(ValueError, match="not benched"):
+        bench(method="mwnet", engines=["exact"], engine_options={"fd": {"fd_eps": 1e-3}}, **TINY)
     with pytest.raises(UnknownNameError, match="valid engines"):
         parse_engine("fast+lagged")
     assert parse_engine("famus-fd+lagged+noreuse") == ("famus-fd", True, False)
