@@ -12,13 +12,16 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
-
-import torch
+from typing import IO
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then ``os.replace`` it into place."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None],
+                 before_replace: Callable[[], None] | None = None) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then ``os.replace`` it into place.
+
+    ``before_replace`` runs between the two (e.g. a checksum sidecar that must list the new file's digest
+    before the new file can be seen).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
@@ -26,6 +29,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -42,7 +47,3 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode())
 
-
-def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
-    """``torch.save(obj)`` atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f))

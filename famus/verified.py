@@ -19,14 +19,13 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from famus.atomic import atomic_write_text
+from famus.atomic import atomic_write, atomic_write_text
 
 SUFFIX = ".sha256"
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
@@ -71,21 +70,14 @@ def save_verified(path: str | os.PathLike[str], obj: Any) -> None:
     data = buf.getbuffer()
     digest = hashlib.sha256(data).hexdigest()
     sidecar = checksum_path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def list_both() -> None:  # the old file and the new pass until the replace
         _pause()
         old = _digests(sidecar) if path.exists() else []
-        atomic_write_text(sidecar, _sidecar_text([digest, *old], path.name))  # the old file and the new pass
+        atomic_write_text(sidecar, _sidecar_text([digest, *old], path.name))
         _pause()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, lambda f: f.write(data), before_replace=list_both)
     atomic_write_text(sidecar, _sidecar_text([digest], path.name))
 
 
