@@ -151,7 +151,7 @@ def bench(
         input_shape: one example's shape, e.g. ``(3, 32, 32)``; batches are ``(batch_size, *input_shape)``
             standard-normal inputs with uniform random labels.
         batch_size: training batch size ``n``.
-        method: ``"mwnet"`` or ``"l2r"``.
+        method: ``"mwnet"``, ``"l2r"`` or ``"mlc"``.
         engines: engine specs (names with optional ``+lagged`` / ``+noreuse``).
         repeats: timed iterations per engine; the report gives medians.
         warmup: untimed iterations per engine first.

@@ -24,24 +24,24 @@ CLASSES = 3
 # with a BN that normalizes each half of the batch apart)
 CASES: dict[str, dict] = {
     "mwnet-exact-sync": dict(method="mwnet", engine="exact", bn="sync"),
-    "mwnet-famus-sync": dict(method="mwnet", engine="famus", bn="sync", options=dict(k=2)),
+    "mwnet-famus-sync": dict(method="mwnet", engine="famus", bn="sync", engine_options=dict(k=2)),
     "mwnet-jvp-sync": dict(method="mwnet", engine="jvp", bn="sync"),
     "mwnet-exact-rank": dict(method="mwnet", engine="exact", bn="rank"),
-    "mwnet-famus-rank": dict(method="mwnet", engine="famus", bn="rank", options=dict(k=2)),
+    "mwnet-famus-rank": dict(method="mwnet", engine="famus", bn="rank", engine_options=dict(k=2)),
     "mwnet-jvp-rank": dict(method="mwnet", engine="jvp", bn="rank"),
-    "mwnet-famus-jvp-sync": dict(method="mwnet", engine="famus-jvp", bn="sync", options=dict(k=2)),
+    "mwnet-famus-jvp-sync": dict(method="mwnet", engine="famus-jvp", bn="sync", engine_options=dict(k=2)),
     "mwnet-jvp-lagged-sync": dict(method="mwnet", engine="jvp", bn="sync", learner=dict(lagged=True)),
     "mwnet-exact-noreuse-rank": dict(method="mwnet", engine="exact", bn="rank", learner=dict(reuse_forward=False)),
     "mwnet-unnormalized-exact-sync": dict(method="mwnet", engine="exact", bn="sync",
-                                          options=dict(normalize=False)),
+                                          method_options=dict(normalize=False)),
     "l2r-exact-sync": dict(method="l2r", engine="exact", bn="sync"),
     "l2r-jvp-rank": dict(method="l2r", engine="jvp", bn="rank"),
-    "mlc-jvp-sync": dict(method="mlc", engine="jvp", bn="sync", options=dict(num_classes=CLASSES)),
+    "mlc-jvp-sync": dict(method="mlc", engine="jvp", bn="sync", method_options=dict(num_classes=CLASSES)),
     # central differences divide rounding differences by the step (~6e-6): looser tolerances
     "mwnet-fd-sync": dict(method="mwnet", engine="fd", bn="sync", fd=True),
-    "mwnet-famus-fd-rank": dict(method="mwnet", engine="famus-fd", bn="rank", options=dict(k=2), fd=True),
-    "mwnet-random-sync": dict(method="mwnet", engine="random", bn="sync", options=dict(s=2)),
-    "mwnet-block-rank": dict(method="mwnet", engine="block", bn="rank", options=dict(layers=["3", "6"])),
+    "mwnet-famus-fd-rank": dict(method="mwnet", engine="famus-fd", bn="rank", engine_options=dict(k=2), fd=True),
+    "mwnet-random-sync": dict(method="mwnet", engine="random", bn="sync", engine_options=dict(s=2)),
+    "mwnet-block-rank": dict(method="mwnet", engine="block", bn="rank", engine_options=dict(layers=["3", "6"])),
     # amortized meta updates and the meta warm-up: the ordinary steps between are collective too
     "mwnet-fd-every-sync": dict(method="mwnet", engine="fd", bn="sync", fd=True,
                                 learner=dict(meta_every=2, meta_warmup=1)),
@@ -88,10 +88,11 @@ def run_case(name: str) -> dict:
     if case["bn"] == "sync" and world > 1:
         model = fdist.convert_sync_batchnorm(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    options = dict(case.get("options", {}))
+    method_options = dict(case.get("method_options", {}))
     if case["method"] != "l2r":
-        options.update(meta_lr=0.05)
-    learner = MetaLearner(model, opt, case["method"], case["engine"], seed=3, **case.get("learner", {}), **options)
+        method_options.update(meta_lr=0.05)
+    learner = MetaLearner(model, opt, case["method"], case["engine"], seed=3, **case.get("learner", {}),
+                          method_options=method_options, engine_options=case.get("engine_options"))
     stats = []
     for step in range(STEPS):
         x, y, xm, ym = batches(step)

@@ -66,7 +66,7 @@ class MetaLearner:
         optimizer: the base model's optimizer. The virtual step follows it: plain SGD at its current
             learning rate alpha, or for Adam/AdamW ``lr / (sqrt(v_hat) + eps)`` elementwise with its
             current second moment (see :mod:`famus.meta.virtual_step`; other optimizers: SGD, with a warning).
-        method: ``"mwnet"`` or ``"l2r"`` (see ``famus.meta.methods.METHODS``), or a ``MetaMethod``.
+        method: ``"mwnet"``, ``"l2r"`` or ``"mlc"`` (see ``famus.meta.methods.METHODS``), or a ``MetaMethod``.
         meta_grad: engine name (``"fd"``, the default: the exact meta gradient by one extra forward
             pass; ``"exact"``, ``"famus"``, ``"jvp"``, ``"famus-jvp"``, ``"famus-fd"``, ``"block"``,
             ``"random"``) or an ``Engine``. A ``"+lagged"`` suffix

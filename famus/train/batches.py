@@ -98,7 +98,7 @@ class CleanSource:
     loss_every = 1
 
     def __init__(self, data: RunData, gen: torch.Generator, batch: int, iters: int, meta_bs: int,
-                 shards: tuple[Tensor | None, Tensor | None] = (None, None), eval_batch_size: int = 1000) -> None:
+                 shards: tuple[slice | None, slice | None] = (None, None), eval_batch_size: int = 1000) -> None:
         self.data, self.gen, self.batch, self.iters, self.meta_bs = data, gen, batch, iters, meta_bs
         self.rows, self.meta_rows = shards
         self.eval_batch_size = eval_batch_size

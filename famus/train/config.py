@@ -112,6 +112,9 @@ class TrainConfig:
             raise ValueError(f"imbalance factor must be >= 1, got {self.imbalance}")
         if self.track_every < 0:
             raise ValueError(f"track_every must be >= 0, got {self.track_every}")
+        if self.track_every and self.method == "erm":
+            raise ValueError("--track-every compares an engine's meta gradient with exact's; --method erm has "
+                             "none (leave it at 0)")
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

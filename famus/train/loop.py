@@ -71,7 +71,10 @@ def _check_distributed(cfg: TrainConfig) -> None:
                          "batches are not sharded); use one process")
     if cfg.track_every:  # the exact meta gradient it compares with is not computed over the union batch
         raise ValueError("--track-every does not run on several processes (the exact meta gradient it "
-                         "compares with is one process's); use one process or 0")
+                         "compares with is one process's); use one process or --track-every 0")
+    if cfg.checkpoint_every is not None:  # mid-epoch state (partial sums, BN statistics) is per process
+        raise ValueError("checkpoint_every does not run on several processes (mid-epoch state is each "
+                         "process's own); leave it unset: checkpoints are written at every epoch's end")
 
 
 def _coerce(cfg: TrainConfig | dict | str | Path) -> TrainConfig:
@@ -127,7 +130,7 @@ class Sizes:
     batch: int
     iters: int
     meta_bs: int = 0
-    shards: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    shards: tuple[slice | None, slice | None] = (None, None)
 
 
 def _sizes(cfg: TrainConfig, data: RunData) -> Sizes:

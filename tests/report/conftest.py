@@ -49,11 +49,11 @@ def tiny_batches(seed=0, n=8, m=6, classes=3, dtype=torch.float64):
     return x, y, xm, ym
 
 
-def tiny_learner(method="mwnet", engine="exact", **options):
+def tiny_learner(method="mwnet", engine="exact", **engine_options):
     torch.manual_seed(0)
     model = TinyNet().double()
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    return famus.MetaLearner(model, opt, method, engine, **options)
+    return famus.MetaLearner(model, opt, method, engine, engine_options=engine_options)
 
 
 def write_run(root: Path, name: str, method="mwnet", engine="famus", epochs=3, iters=10, metrics=True,

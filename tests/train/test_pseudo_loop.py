@@ -89,3 +89,24 @@ def test_checkpoint_format_reads_old_clean_and_refuses_old_pseudo():
     assert net_states({"nets": [{"model": {}}] * 2}) == [{"model": {}}] * 2
     with pytest.raises(ValueError, match="pseudo-mode checkpoint of famus before one loop"):
         net_states({"models": [{}, {}], "optimizers": [{}, {}]})
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("meta_set", "pseudo", "--meta-set pseudo does not run on several processes"),
+    ("track_every", 5, "--track-every does not run on several processes"),
+    ("checkpoint_every", 50, "checkpoint_every does not run on several processes"),
+])
+def test_what_several_processes_refuse_is_said_before_anything_runs(monkeypatch, key, value, match):
+    import famus.distributed as fdist
+    from famus.train.loop import _check_distributed
+
+    monkeypatch.setattr(fdist, "world_size", lambda: 2)
+    base = dict(dataset="digits", method="mwnet", meta_per_class=0 if key == "meta_set" else 10)
+    with pytest.raises(ValueError, match=match):
+        _check_distributed(TrainConfig(**base, **{key: value}))
+    _check_distributed(TrainConfig(dataset="digits", method="mwnet"))  # the rest runs
+
+
+def test_track_every_needs_a_meta_method():
+    with pytest.raises(ValueError, match="--method erm has none"):
+        TrainConfig(dataset="digits", method="erm", track_every=5).validate()
