@@ -121,7 +121,7 @@ def _speed(rows: list[dict]) -> str:
 
 
 def setting_note(c: TrainConfig) -> str:
-    return (f"Fashion-MNIST, {c.noise_rate:.0%} {c.noise} label noise on a {c.train_subset}-example subset "
+    return (f"Fashion-MNIST, {c.noise_rate:.0%} {c.noise} label noise on a subset of {c.train_subset} examples "
             f"({c.meta_per_class - c.val_per_class} clean meta and {c.val_per_class} validation examples per class "
             f"held out, the rest noisy), no augmentation, {c.model} {c.model_options.get('hidden')}, {c.epochs} "
             f"epochs of batch {c.batch_size}, lr {c.lr} (x0.1 at epochs {', '.join(map(str, c.milestones))}), "
