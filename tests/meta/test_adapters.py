@@ -29,7 +29,8 @@ def test_dict_input_model_trains_with_every_method_and_engine(method, engine):
     gen = torch.Generator().manual_seed(0)
     model = TinyTextClassifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    learner = famus.MetaLearner(model, opt, method, engine, **METHOD_OPTS[method], **ENGINE_OPTS[engine])
+    learner = famus.MetaLearner(model, opt, method, engine, method_options=METHOD_OPTS[method],
+                                engine_options=ENGINE_OPTS[engine])
     xt, yt = text_batch(256, gen)
     xm, ym = text_batch(30, gen)
 

@@ -26,7 +26,8 @@ def test_bf16_meta_gradient_is_within_tolerance_of_float32(engine, method):
     torch.manual_seed(0)
     model = build_model("small-resnet", 3, in_channels=1, width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    learner = famus.MetaLearner(model, opt, method, engine, **METHOD_OPTS[method], **ENGINE_OPTS.get(engine, {}))
+    learner = famus.MetaLearner(model, opt, method, engine, method_options=METHOD_OPTS[method],
+                                engine_options=ENGINE_OPTS.get(engine, {}))
     for s in range(3):
         learner.step(*make_batches(seed=10 + s, n=32, m=16, size=8, dtype=torch.float32))
     batch = make_batches(seed=3, n=32, m=16, size=8, dtype=torch.float32)
@@ -51,7 +52,7 @@ def test_every_engine_trains_finite_under_bf16_autocast(engine):
     model = PlainResNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     opts = {"block": {"layers": ["block", "head"]}, "random": {"s": 2}}.get(engine, {})
-    learner = famus.MetaLearner(model, opt, "mwnet", engine, **opts)
+    learner = famus.MetaLearner(model, opt, "mwnet", engine, engine_options=opts)
     xt, yt = _data(256, gen)
     xm, ym = _data(30, gen)
     skipped = torch.zeros(())

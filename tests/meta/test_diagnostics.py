@@ -11,7 +11,8 @@ from .conftest import make_batches
 
 def test_groups_partition_and_add_up_to_exact(tiny):
     model, batch = tiny
-    learner = MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mwnet", "exact", hidden=8)
+    learner = MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mwnet", "exact",
+                          method_options={"hidden": 8})
     learner.bind(batch[0])
     groups = default_groups(learner)
     assert sorted(n for layers in groups.values() for n in layers) == sorted(i.name for i in learner.layer_infos)

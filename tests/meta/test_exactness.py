@@ -11,9 +11,10 @@ from famus.meta.methods import MWNet
 from .conftest import TinyResNet, make_batches, methods
 
 
-def _learner(model, method="mwnet", engine="exact", lr=0.5, **kw):
+def _learner(model, method="mwnet", engine="exact", lr=0.5, method_options=None, engine_options=None, **kw):
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    return famus.MetaLearner(model, opt, method, engine, **kw)
+    return famus.MetaLearner(model, opt, method, engine, method_options=method_options,
+                             engine_options=engine_options, **kw)
 
 
 def _fd_check(learner, batch, theta, grads, seed=1, eps=1e-5, directions=3):
@@ -38,7 +39,7 @@ def test_exact_mwnet_matches_central_differences(tiny):
 
 def test_exact_mwnet_unnormalized_matches_central_differences(tiny):
     model, batch = tiny
-    learner = _learner(model, normalize=False)
+    learner = _learner(model, method_options={"normalize": False})
     grads = learner.meta_gradient(*batch)
     theta = {k: v.detach().clone() for k, v in learner.meta_model.named_parameters()}
     _fd_check(learner, batch, theta, grads, seed=2)
@@ -55,11 +56,11 @@ def test_exact_l2r_matches_central_differences(tiny):
 @pytest.mark.parametrize("method", methods())
 def test_every_layer_contributing_equals_exact(tiny, method):
     model, batch = tiny
-    learner = _learner(model, method, "famus", candidates="all")
+    learner = _learner(model, method, "famus", engine_options={"candidates": "all"})
     exact = learner.meta_gradient(*batch, meta_grad="exact")
     all_layers = famus.layers(model)
     via_famus = learner.meta_gradient(*batch, layers=all_layers)
-    block = _learner(model, method, "block", layers=all_layers)
+    block = _learner(model, method, "block", engine_options={"layers": all_layers})
     if method == "mwnet":
         block.meta_model.load_state_dict(learner.meta_model.state_dict())
     via_block = block.meta_gradient(*batch)
@@ -71,7 +72,8 @@ def test_every_layer_contributing_equals_exact(tiny, method):
 def test_famus_with_all_gates_on_equals_exact(tiny):
     """FaMUS's own gating path: every sampler forced on and L_g off gives the exact gradient."""
     model, batch = tiny
-    learner = _learner(model, "mwnet", "famus", candidates="all", lambda_g=0.0, lambda_r=0.0)
+    learner = _learner(model, "mwnet", "famus",
+                       engine_options={"candidates": "all", "lambda_g": 0.0, "lambda_r": 0.0})
     learner.bind(batch[0])
     for s in learner.engine.samplers.values():  # logits (-inf, +inf): always on
         torch.nn.init.zeros_(s.fc2.weight)
@@ -122,10 +124,10 @@ def test_restricted_gradient_is_not_exact_gradient(tiny):
 
 def test_random_and_block_engines_pick_their_layers(tiny):
     model, batch = tiny
-    learner = _learner(model, "mwnet", "random", s=2)
+    learner = _learner(model, "mwnet", "random", engine_options={"s": 2})
     stats = learner.step(*batch)
     assert stats.gates is not None and len(stats.gates) == 2
-    block = _learner(model, "mwnet", "block", layers=["conv3", "bn3"])
+    block = _learner(model, "mwnet", "block", engine_options={"layers": ["conv3", "bn3"]})
     assert set(block.step(*batch).gates) == {"conv3", "bn3"}
 
 

@@ -20,7 +20,7 @@ def test_pooled_gradient_shapes_for_conv_linear_norm():
 def test_sampler_inputs_match_layer_shapes(tiny):
     model, batch = tiny
     learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mwnet", "famus",
-                                candidates="all")
+                                engine_options={"candidates": "all"})
     learner.bind(batch[0])
     dims = {n.replace("/", "."): s.fc1.in_features for n, s in learner.engine.samplers.items()}
     assert dims == {"conv1": 4, "bn1": 4, "conv2": 4, "bn2": 4, "conv3": 4, "bn3": 4}
@@ -43,7 +43,7 @@ def _sampler_grads(learner, batch):
 def test_sampler_gets_gradient_from_each_loss(tiny):
     model, batch = tiny
     learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.5), "mwnet", "famus",
-                                candidates="all", lambda_r=0.0, lambda_g=0.0)
+                                engine_options={"candidates": "all", "lambda_r": 0.0, "lambda_g": 0.0})
     eng = learner.engine
     only_c = _sampler_grads(learner, batch)
     assert only_c and all(torch.isfinite(v).all() for v in only_c.values())
@@ -62,7 +62,7 @@ def test_gate_gradient_is_plus_minus_alpha_v_dot_g(tiny):
     x, y, xm, ym = batch
     lr = 0.5
     learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=lr), "mwnet", "famus",
-                                candidates=["conv3"], lambda_r=0.0, lambda_g=0.0)
+                                engine_options={"candidates": ["conv3"], "lambda_r": 0.0, "lambda_g": 0.0})
     learner.bind(x)
     sampler = learner.engine.samplers["conv3"]
     for on in (True, False):
@@ -123,7 +123,7 @@ def test_meta_backward_stops_at_lowest_contributing_layer():
     model = ProbedNet().double()
     batch = make_batches()
     learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mwnet", "block",
-                                layers=["conv2", "fc"])
+                                engine_options={"layers": ["conv2", "fc"]})
     learner.bind(batch[0])
     Probe.calls = 0
     learner.meta_gradient(*batch)

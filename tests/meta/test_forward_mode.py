@@ -14,9 +14,10 @@ from .conftest import FD, FORWARD, AllLayers, FaMUS, TinyResNet, engines, make_b
 FD_RTOL = 1e-6  # float64, default step 6e-6: measured ~1e-10 on these models
 
 
-def _learner(model, method="mwnet", engine="exact", lr=0.5, **kw):
+def _learner(model, method="mwnet", engine="exact", lr=0.5, method_options=None, engine_options=None, **kw):
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    return famus.MetaLearner(model, opt, method, engine, **kw)
+    return famus.MetaLearner(model, opt, method, engine, method_options=method_options,
+                             engine_options=engine_options, **kw)
 
 
 def _staged(classes=3):
@@ -51,7 +52,7 @@ if "mlc" in famus.METHODS:  # any method whose loss is a function of logits and 
 @pytest.mark.parametrize("method,opts", METHOD_OPTS)
 def test_jvp_equals_exact_to_float64_precision(model_name, method, opts):
     make, size = MODELS[model_name]
-    learner = _learner(make(), method, **opts)
+    learner = _learner(make(), method, method_options=opts)
     batch = make_batches(size=size)
     exact = learner.meta_gradient(*batch)
     _assert_same(learner.meta_gradient(*batch, meta_grad="jvp"), exact)
@@ -63,10 +64,10 @@ def test_jvp_equals_exact_to_float64_precision(model_name, method, opts):
 def test_other_methods_over_forward_mode(method, opts, engine):
     model = _staged()
     batch = make_batches(size=8)
-    ref = _learner(model, method, "exact", **opts)
+    ref = _learner(model, method, "exact", method_options=opts)
     layers = ["layer3_0", "fc"]
     want = ref.meta_gradient(*batch, layers=layers)
-    got = _learner(model, method, engine, **opts).meta_gradient(*batch, layers=layers)
+    got = _learner(model, method, engine, method_options=opts).meta_gradient(*batch, layers=layers)
     assert _rel(got, want) < (1e-10 if engine == "famus-jvp" else FD_RTOL)
 
 
@@ -86,17 +87,18 @@ def test_fd_float32_is_close_and_its_step_is_configurable(scheme):
     torch.manual_seed(0)
     model = build_model("small-resnet", 3, in_channels=1, width=8)
     batch = make_batches(n=32, m=16, size=8, dtype=torch.float32)
-    learner = _learner(model, "l2r", "fd", lr=0.1, scheme=scheme)
+    learner = _learner(model, "l2r", "fd", lr=0.1, engine_options={"scheme": scheme})
     exact = learner.meta_gradient(*batch, meta_grad="exact")
     fd = learner.meta_gradient(*batch)
     assert _rel(fd, exact) < 2e-2
     assert float(torch.nn.functional.cosine_similarity(fd["eps"], exact["eps"], dim=0)) > 0.999
-    coarse = _learner(model, "l2r", "fd", lr=0.1, fd_eps=0.3, scheme=scheme).meta_gradient(*batch)
+    coarse = _learner(model, "l2r", "fd", lr=0.1, engine_options={"fd_eps": 0.3, "scheme": scheme})
+    coarse = coarse.meta_gradient(*batch)
     assert _rel(coarse, exact) > _rel(fd, exact)  # the option reaches the engine
     with pytest.raises(ValueError, match="fd_eps"):
-        _learner(model, "l2r", "fd", fd_eps=-1.0)
+        _learner(model, "l2r", "fd", engine_options={"fd_eps": -1.0})
     with pytest.raises(ValueError, match="scheme"):
-        _learner(model, "l2r", "fd", scheme="backward")
+        _learner(model, "l2r", "fd", engine_options={"scheme": "backward"})
 
 
 def test_forward_scheme_bias_is_first_order_in_the_step():
@@ -105,9 +107,9 @@ def test_forward_scheme_bias_is_first_order_in_the_step():
     model = TinyResNet().double()
     batch = make_batches(size=5)
 
-    def grad(*args, **kw):
+    def grad(engine="exact", **engine_options):
         torch.manual_seed(1)  # the same meta model every time
-        return _learner(model, "mwnet", *args, **kw).meta_gradient(*batch)
+        return _learner(model, "mwnet", engine, engine_options=engine_options).meta_gradient(*batch)
 
     exact = grad()
     err = {(scheme, eps): _rel(grad("fd", fd_eps=eps, scheme=scheme), exact)
@@ -138,7 +140,8 @@ def _famus_pair(make, method, engine, lambda_g, seed=3):
     for eng in ("famus", engine):
         torch.manual_seed(seed)
         model = make()
-        learner = _learner(model, method, eng, candidates="all", lambda_g=lambda_g, k=2.5, seed=seed)
+        learner = _learner(model, method, eng, seed=seed,
+                           engine_options={"candidates": "all", "lambda_g": lambda_g, "k": 2.5})
         learner.bind(make_batches(size=8)[0])
         out.append(learner)
     if method == "mwnet":
@@ -201,14 +204,14 @@ def test_cached_activation_path_equals_full_path(engine):
     full = copy.deepcopy(staged)
     batch = make_batches(size=8)
     # children: 0 counter, 1 stem, 2-4 residual blocks, 5 pooling head, 6 fc
-    kw = {"candidates": ["4"], "lambda_g": 0.1} if engine.startswith("famus") else {}
+    engine_options = {"candidates": ["4"], "lambda_g": 0.1} if engine.startswith("famus") else {}
     if central:
-        kw["scheme"] = "central"
+        engine_options["scheme"] = "central"
     layers = None if engine.startswith("famus") else ["4", "6"]
     got, want, calls = [], [], []
     for net, stages, out in ((staged, "auto", got), (full, None, want)):
         torch.manual_seed(5)
-        learner = _learner(net, "mwnet", engine, stages=stages, **kw)
+        learner = _learner(net, "mwnet", engine, engine_options={"stages": stages, **engine_options})
         learner.bind(batch[0])
         net[0].calls = 0
         out.append(learner.meta_gradient(*batch, layers=layers, include_samplers=True))
@@ -233,14 +236,14 @@ def test_declared_split_points():
     torch.manual_seed(0)
     model = Chain().double()
     batch = make_batches()
-    learner = _learner(model, "mwnet", "jvp", stages=["stem", "body", "head"])
+    learner = _learner(model, "mwnet", "jvp", engine_options={"stages": ["stem", "body", "head"]})
     exact = learner.meta_gradient(*batch, meta_grad="exact", layers=["body.0", "head.2"])
     _assert_same(learner.meta_gradient(*batch, layers=["body.0", "head.2"]), exact)
-    bad = _learner(model, "mwnet", "jvp", stages=["body", "stem", "head"])
+    bad = _learner(model, "mwnet", "jvp", engine_options={"stages": ["body", "stem", "head"]})
     with pytest.raises(ValueError, match="do not reproduce"):
         bad.meta_gradient(*batch)
     with pytest.raises(ValueError, match="unknown stage"):
-        _learner(model, "mwnet", "jvp", stages=["stem", "nope"]).meta_gradient(*batch)
+        _learner(model, "mwnet", "jvp", engine_options={"stages": ["stem", "nope"]}).meta_gradient(*batch)
 
 
 def test_dropout_masks_are_replayed():

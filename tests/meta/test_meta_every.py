@@ -18,8 +18,9 @@ def _learner(engine="exact", method="mwnet", **kw):
     torch.manual_seed(0)
     model = TinyResNet().double()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    extra = {"num_classes": 3} if method == "mlc" else {}
-    return famus.MetaLearner(model, opt, method, engine, **ENGINE_OPTS.get(engine, {}), **extra, **kw)
+    method_options = {"num_classes": 3} if method == "mlc" else {}
+    return famus.MetaLearner(model, opt, method, engine, method_options=method_options,
+                             engine_options=ENGINE_OPTS.get(engine, {}), **kw)
 
 
 def _meta_state(learner):

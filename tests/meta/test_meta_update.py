@@ -25,8 +25,8 @@ def _pair(method, engine, **kw):
     for _ in range(2):
         model = _staged()
         opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-3)
-        out.append(famus.MetaLearner(model, opt, method, engine, seed=4, **METHOD_OPTS[method],
-                                     **ENGINE_OPTS.get(engine, {}), **kw))
+        out.append(famus.MetaLearner(model, opt, method, engine, seed=4, method_options=METHOD_OPTS[method],
+                                     engine_options=ENGINE_OPTS.get(engine, {}), **kw))
         torch.manual_seed(1)  # the same samplers (built on the first batch)
         out[-1].bind(make_batches(size=8)[0])
     return out

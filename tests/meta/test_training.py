@@ -46,7 +46,7 @@ def test_plain_model_trains_with_every_method_and_engine(method, engine):
     gen = torch.Generator().manual_seed(0)
     model = PlainResNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    learner = famus.MetaLearner(model, opt, method, engine, **ENGINE_OPTS[engine])
+    learner = famus.MetaLearner(model, opt, method, engine, engine_options=ENGINE_OPTS[engine])
     xt, yt = _data(256, gen)
     xm, ym = _data(30, gen)
 
@@ -108,10 +108,10 @@ def test_unknown_method_engine_and_option_list_valid_names():
     valid = "block, exact, famus, famus-fd, famus-jvp, fd, jvp, random"
     with pytest.raises(UnknownNameError, match=rf"unknown engine 'fast'.*{valid}"):
         famus.MetaLearner(model, opt, "mwnet", "fast")
-    with pytest.raises(TypeError, match=r"unknown option 'kk'.*temperature"):
-        famus.MetaLearner(model, opt, "mwnet", "famus", kk=3)
+    with pytest.raises(TypeError, match=r"unknown engine option\(s\) \['kk'\].*temperature"):
+        famus.MetaLearner(model, opt, "mwnet", "famus", engine_options={"kk": 3})
     with pytest.raises(ValueError, match="unknown block entry 'nope'; valid layers"):
-        famus.MetaLearner(model, opt, "mwnet", "block", layers=["nope"]).step(*_setup()[2])
+        famus.MetaLearner(model, opt, "mwnet", "block", engine_options={"layers": ["nope"]}).step(*_setup()[2])
 
 
 def test_l2r_weights_are_normalized_and_nonnegative():
@@ -126,6 +126,6 @@ def test_mwnet_normalization_switch():
     model, opt, batch = _setup()
     on = famus.MetaLearner(model, opt, "mwnet").step(*batch)
     assert abs(float(on.weights.sum()) - 1) < 1e-5
-    off = famus.MetaLearner(model, opt, "mwnet", normalize=False).step(*batch)
+    off = famus.MetaLearner(model, opt, "mwnet", method_options={"normalize": False}).step(*batch)
     assert float(off.weights.sum()) < 1.0  # mean of sigmoid outputs / n... each in (0, 1/n)
     assert (off.weights > 0).all()

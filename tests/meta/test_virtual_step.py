@@ -23,11 +23,11 @@ def _staged():
     return build_model("small-resnet", 3, in_channels=1, width=4).double()
 
 
-def _adam_learner(make, method="mwnet", engine="exact", steps=3, lr=1e-2, amsgrad=False, **kw):
+def _adam_learner(make, method="mwnet", engine="exact", steps=3, lr=1e-2, amsgrad=False, engine_options=None, **kw):
     """A learner whose AdamW has state: ``steps`` training steps on other batches first."""
     model = make()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2, amsgrad=amsgrad)
-    learner = famus.MetaLearner(model, opt, method, engine, **kw)
+    learner = famus.MetaLearner(model, opt, method, engine, engine_options=engine_options, **kw)
     for s in range(steps):
         learner.step(*make_batches(seed=10 + s, size=8))
     return learner
@@ -93,7 +93,7 @@ def test_every_engine_uses_the_same_preconditioned_step(engine):
     batch = make_batches(seed=3, size=8)
     layers = ["layer3_0", "fc"] if engine != "block" else ["fc"]
     want = ref.meta_gradient(*batch, layers=layers)
-    other = famus.MetaLearner(ref.model, ref.optimizer, "mwnet", engine, **ENGINE_OPTS.get(engine, {}))
+    other = famus.MetaLearner(ref.model, ref.optimizer, "mwnet", engine, engine_options=ENGINE_OPTS.get(engine, {}))
     other.meta_model.load_state_dict(ref.meta_model.state_dict())
     got = other.meta_gradient(*batch, layers=layers)
     assert _rel(got, want) <= ENGINE_TOL[engine]
@@ -103,9 +103,9 @@ def test_every_engine_uses_the_same_preconditioned_step(engine):
 @pytest.mark.parametrize("engine", engines(policy=FaMUS, backend=FORWARD))
 def test_famus_sampler_gradients_under_adam_equal_famus_over_exact(engine):
     """The gates' straight-through gradients use the elementwise step too (``<P * V, g>``)."""
-    opts = {"candidates": "all", "lambda_g": 0.1, "k": 2.5, "seed": 3}
-    ref = _adam_learner(_staged, "mwnet", "famus", steps=2, **opts)  # AdamW state, trained samplers
-    other = famus.MetaLearner(ref.model, ref.optimizer, "mwnet", engine, **opts)
+    opts = {"candidates": "all", "lambda_g": 0.1, "k": 2.5}
+    ref = _adam_learner(_staged, "mwnet", "famus", steps=2, seed=3, engine_options=opts)  # AdamW state, samplers
+    other = famus.MetaLearner(ref.model, ref.optimizer, "mwnet", engine, seed=3, engine_options=opts)
     other.bind(make_batches(size=8)[0])
     other.meta_model.load_state_dict(ref.meta_model.state_dict())
     other.engine.load_state_dict(ref.engine.state_dict())

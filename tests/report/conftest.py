@@ -133,7 +133,7 @@ def real_run(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("mlp", num_classes=10, in_channels=1, hidden=16, input_size=data.train_x.shape[-1])
     learner = famus.MetaLearner(model, torch.optim.SGD(model.parameters(), lr=0.1), "mwnet", "famus",
-                                candidates="all", k=1)
+                                engine_options={"candidates": "all", "k": 1})
     norm = data.augmenter.normalize
     g = torch.Generator().manual_seed(0)
     with Tracker(run, every=2, layer_names=famus.layers(model)) as tracker:
