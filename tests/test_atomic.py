@@ -50,3 +50,13 @@ def test_permissions_follow_the_umask(tmp_path):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "a.txt").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o644
+
+
+def test_truncate_jsonl_keeps_whole_records_up_to_a_key(tmp_path):
+    from famus.jsonl import truncate_jsonl
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"epoch": 1, "a": 1}\n{"epoch": 2}\n[1]\n{"epoch": 3}\n{"epo')  # the last line cut by a kill
+    assert truncate_jsonl(path, "epoch", 2) == [{"epoch": 1, "a": 1}, {"epoch": 2}]
+    assert path.read_text() == '{"epoch": 1, "a": 1}\n{"epoch": 2}\n'
+    assert truncate_jsonl(tmp_path / "missing.jsonl", "step", 5) == [] and not (tmp_path / "missing.jsonl").exists()

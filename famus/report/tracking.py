@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from famus.jsonl import truncate_jsonl
+
 TRACKING_FILE = "tracking.jsonl"
 
 
@@ -160,19 +162,7 @@ class Tracker:
             self._mode = "a"
 
     def _truncate(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by the interruption
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
-                kept.append(line + "\n")
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(self.path)
+        truncate_jsonl(self.path, "step", step)
 
     def should_track(self, step: int) -> bool:
         """Whether ``step`` (finished iterations, from 1) is tracked: step 1 and multiples of ``every``."""

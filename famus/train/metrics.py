@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from famus.atomic import atomic_write_text
+from famus.jsonl import truncate_jsonl
 
 
 class MetricsWriter:
@@ -37,16 +37,7 @@ class MetricsWriter:
 
     def _truncate(self, epoch: int) -> None:
         """Keep the records of epochs ``<= epoch`` (a line cut short by a kill is dropped), atomically."""
-        if not self.path.exists():
-            return
-        rows = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= epoch]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        rows = truncate_jsonl(self.path, "epoch", epoch)
         if self.csv_path is not None:
             self.csv_path.unlink(missing_ok=True)
             for r in rows:
