@@ -93,9 +93,9 @@ def main(argv: list[str]) -> int:
             rows.append((name, label))
     print("### Ablation: MW-Net, 60% symmetric\n")
     print(setting_table(merged, rows) + "\n")
-    low = root / "sym60-l2r-lr0.01.json"
+    low = root / "sym60-lr0.01.json"
     if low.exists():
-        print("### L2R at lr 0.01 (and ERM at lr 0.01), 60% symmetric\n")
+        print("### lr 0.01: ERM, L2R and MW-Net, 60% symmetric\n")
         print(setting_table(json.loads(low.read_text()), [(r, _name(r)) for r in ROWS]) + "\n")
     timing = root / "timing.json"
     if timing.exists():
