@@ -47,6 +47,7 @@ class BatchSource(Protocol):
     nets: int  # networks trained; each makes one pass of ``iters`` steps per epoch
     loss_every: int  # ``train_loss`` averages every ``loss_every``-th step's loss of a pass
     per_example: bool  # weight quality and example scores apply (rows are training examples)
+    gen: torch.Generator  # the run's random stream: batch order, meta batches, augmentation
     method_options: dict[str, Any]  # added to the config's method options (e.g. pseudo mode's MixMatch loss)
 
     def begin_epoch(self, epoch: int, nets: list[Net], state: dict[str, Any] | None) -> dict[str, Any]:

@@ -117,8 +117,12 @@ class EpochRunner:
                             net.scaler)
         track = self.tracker is not None and k == 0 and self.tracker.should_track(step_no)
         xm = ym = None  # meta batches only where a meta update (or tracking) uses them: meta_every, warm-up
-        if net.learner.meta_step_due() or track:
+        if net.learner.meta_step_due():
             xm, ym = batch.meta()
+        elif track:  # a meta batch for tracking alone must leave the run's random stream as it was
+            state = self.source.gen.get_state()
+            xm, ym = batch.meta()
+            self.source.gen.set_state(state)
         with self.precision.autocast():
             stats = net.learner.step(batch.x, batch.y, xm, ym, scaler=net.scaler)
         if track:

@@ -206,3 +206,17 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
     path.write_text("dataset: digits\nlr: 1e-3\nweight_decay: 5e-4\n")
     cfg = load_config(path)
     assert cfg.lr == 1e-3 and cfg.weight_decay == 5e-4
+
+
+@pytest.mark.parametrize("engine", ["exact", "fd"])
+def test_tracking_does_not_change_training(tmp_path, engine):
+    """--track-every observes: the same seed trains the same run with and without it (warm-up steps included,
+    where tracking needs a meta batch the training does not draw)."""
+    base = dict(dataset="digits", model="mlp", method="mwnet", meta_grad=engine, epochs=2, noise="symmetric",
+                noise_rate=0.4, meta_per_class=10, seed=1, progress=False)
+    rows = []
+    for every in (0, 5):
+        train(dict(base, track_every=every, out=str(tmp_path / f"t{every}")))
+        rows.append([(r["test_acc"], r["train_loss"]) for r in map(json.loads, (tmp_path / f"t{every}" /
+                                                                                "metrics.jsonl").read_text().splitlines())])
+    assert rows[0] == rows[1]
