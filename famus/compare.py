@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from famus.meta.engines import ENGINES
+from famus.meta.learner import LAGGED_SUFFIX
 from famus.meta.methods import METHODS
 from famus.train.config import load_config
 from famus.train.metrics import read_metrics
@@ -73,7 +74,7 @@ def plan(methods: list[str], engines: list[str], seeds: list[int], erm: bool = T
         if m != "erm":
             METHODS.get(m)
     for e in engines:
-        ENGINES.get(e.removesuffix("+lagged"))
+        ENGINES.get(e.removesuffix(LAGGED_SUFFIX))
     if not seeds:
         raise ValueError("--seeds needs at least one seed, e.g. --seeds 1,2,3")
     runs = [RunSpec("erm", None, s) for s in seeds] if erm or "erm" in methods else []

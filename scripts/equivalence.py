@@ -48,6 +48,7 @@ def _timeless(row: dict) -> dict:
 
 def run_all(out: Path, only: str | None) -> None:
     from famus.train import train
+    from famus.train.metrics import read_metrics
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +58,7 @@ def run_all(out: Path, only: str | None) -> None:
             run_dir = Path(tmp) / name
             try:
                 train(dict(cfg, out=str(run_dir)))
-                rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                rows = read_metrics(run_dir)
                 results[name] = [_timeless(r) for r in rows]
             except Exception as e:  # a run the commit refuses is part of its behaviour
                 results[name] = {"error": f"{type(e).__name__}: {e}"}

@@ -32,7 +32,8 @@ from famus.issues import detection_quality, read_scores  # noqa: E402
 from famus.models import build_model  # noqa: E402
 from famus.train.config import load_config  # noqa: E402
 from famus.train.data import RunData, prepare_data  # noqa: E402
-from famus.train.step import lr_at  # noqa: E402
+from famus.train.nets import make_optimizer  # noqa: E402
+from famus.train.step import erm_step, lr_at  # noqa: E402
 
 
 def famus_row(run: Path, common: np.ndarray | None = None) -> dict:
@@ -51,8 +52,7 @@ def train_fold(cfg, data: RunData, train_idx: np.ndarray, seed: int) -> torch.nn
     """ERM on ``train_idx`` with the config's model and optimisation (what ``famus train --method erm`` does)."""
     torch.manual_seed(seed)
     model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, **cfg.model_options)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, model.parameters())
     gen = torch.Generator().manual_seed(seed + 1)
     idx_all = torch.from_numpy(train_idx)
     iters, step = len(train_idx) // cfg.batch_size, 0
@@ -61,12 +61,9 @@ def train_fold(cfg, data: RunData, train_idx: np.ndarray, seed: int) -> torch.nn
         perm = idx_all[torch.randperm(len(idx_all), generator=gen)]
         for it in range(iters):
             for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, epoch, step)
+                g["lr"] = lr_at(cfg, epoch, step, iters)
             idx = perm[it * cfg.batch_size : (it + 1) * cfg.batch_size]
-            loss = F.cross_entropy(model(data.augmenter(data.train_x[idx], gen)), data.train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            erm_step(model, opt, data.augmenter(data.train_x[idx], gen), data.train_y[idx])
             step += 1
     return model
 

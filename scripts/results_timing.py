@@ -19,6 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's famus
 
+from results_page import timing_table  # noqa: E402 (scripts/, beside this file)
+
 from famus.bench import bench  # noqa: E402
 from famus.models.tiny import mlp  # noqa: E402
 
@@ -49,15 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"run": f"{label}, {spec}", "method": method, "engine": spec, "options": options,
                          "iteration_ms": e["iteration_s"] * 1000, "x_erm": e["ratio_to_erm"],
                          "erm_ms": r["erm_step_s"] * 1000, "cosine_to_exact": e["cosine_to_exact"]})
-    # across bench calls, compare multiples of each call's own ERM step
-    exact = {r["method"]: r["x_erm"] for r in rows if r["engine"] == "exact"}
-    print("| run | iteration ms | ERM step ms | x ERM | speed-up over exact (same method) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        speed = exact[r["method"]] / r["x_erm"] if r["method"] in exact else float("nan")
-        print(f"| {r['run']} | {r['iteration_ms']:.1f} | {r['erm_ms']:.1f} | {r['x_erm']:.2f} | {speed:.2f}x |")
+    result = {"threads": args.threads, "rows": rows}
+    print(timing_table(result))
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

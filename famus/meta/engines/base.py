@@ -215,18 +215,19 @@ class Engine:
     Args:
         backend: the meta-gradient computation.
         name: the registry name (``"famus-fd"``); default: the class's, or with a backend of the
-            caller's choice (``custom``) the class's and the backend's, e.g. ``"exact(FD)"``: a learner
+            caller's choice the class's and the backend's, e.g. ``"exact(FD)"``: a learner
             keys its engines by name, and ``AllLayers(FD())`` must not pass for ``exact``.
-        custom: whether ``backend`` is the caller's rather than the class's default.
+    Subclasses name their default backend in :attr:`default_backend`.
     """
 
     name = "base"
+    default_backend: Callable[[], Backend] | None = None
 
-    def __init__(self, backend: Backend, name: str | None = None, custom: bool = False) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend | None = None, name: str | None = None) -> None:
+        self.backend = backend if backend is not None else self.default_backend()
         if name is not None:
             self.name = name
-        elif custom:
+        elif backend is not None:
             self.name = f"{type(self).name}({type(backend).__name__})"
 
     def bind(self, layers: list[LayerInfo], device: torch.device, dtype: torch.dtype) -> None:
@@ -291,7 +292,7 @@ def over(engine: type[Engine], backend: Callable[..., Backend], name: str) -> Ca
     own = option_names(backend)
     params = [p for p in inspect.signature(backend).parameters.values() if p.name in own]
     policy = [p for p in inspect.signature(engine).parameters.values()
-              if p.name not in ("backend", "name", "custom") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+              if p.name not in ("backend", "name") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     clash = sorted(set(own) & {p.name for p in policy})
     if clash:  # each option has one owner: the factory must not guess between them
         raise TypeError(f"{name!r}: options {clash} are taken by both {engine.__name__} and {backend}")

@@ -57,7 +57,8 @@ def jvp_logits(
     names = list(direction)
     needed = stages.params_from(start)
     base = {n: p for n, p in params.items() if n in needed}
-    buf = {n: b for n, b in buffers.items() if n in stages.buffers_from(start)}
+    own = stages.buffers_from(start)  # one set, not one per buffer
+    buf = {n: b for n, b in buffers.items() if n in own}
 
     def f(*primals: Tensor) -> Tensor:
         state = dict(base)
@@ -103,7 +104,8 @@ def fd_logits(
     """
     needed = stages.params_from(start)
     base = {n: p for n, p in params.items() if n in needed}
-    buf = {n: b for n, b in buffers.items() if n in stages.buffers_from(start)}
+    own = stages.buffers_from(start)  # one set, not one per buffer
+    buf = {n: b for n, b in buffers.items() if n in own}
     with torch.no_grad():
         # per-tensor norms in the tensors' own precision (one fused reduction each; a float64 copy and
         # pow of every weight cost more than the extra forward pass on a wide MLP), combined in float64

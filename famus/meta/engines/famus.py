@@ -92,6 +92,7 @@ class FaMUS(Engine):
     """
 
     name = "famus"
+    default_backend = SecondOrder
 
     def __init__(
         self,
@@ -108,7 +109,7 @@ class FaMUS(Engine):
         top_tensors: int = 15,
         pin_last: bool = True,
     ) -> None:
-        super().__init__(backend if backend is not None else SecondOrder(), name, custom=backend is not None)
+        super().__init__(backend, name)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.k, self.lambda_r, self.lambda_g = k, lambda_r, lambda_g
@@ -127,6 +128,7 @@ class FaMUS(Engine):
             cand = select_layers(layers, wanted, "candidates")
         self.pinned = {layers[-1].name} if self.pin_last else set()
         self.sampled = [i for i in layers if i.name in cand and i.name not in self.pinned]
+        self.sampled_names = {i.name for i in self.sampled}  # the gated layers, once
         self.samplers = nn.ModuleDict(
             {sampler_key(i.name): GradientSampler(i.sampler_dim, self.hidden) for i in self.sampled}
         ).to(device=device, dtype=dtype)
@@ -137,7 +139,7 @@ class FaMUS(Engine):
     def run(self, batch: MetaBatch, generator: torch.Generator, fixed: set[str] | None) -> MetaResult:
         if fixed is not None:  # fixed layers: Eq. 9's g' for that set, no sampler, no L_g
             return self.backend(batch, fixed)
-        draw = GateDraw(self, generator, {i.name for i in self.sampled})
+        draw = GateDraw(self, generator, self.sampled_names)
         res = self.backend(batch, self.pinned, draw, lambda_g=self.lambda_g)
         one = batch.one()
         gates = res.gates or {}

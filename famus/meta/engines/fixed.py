@@ -17,9 +17,10 @@ class AllLayers(Engine):
     """Every layer contributes (or the fixed ``layers`` of :meth:`compute`): the full meta gradient."""
 
     name = "exact"
+    default_backend = SecondOrder
 
     def __init__(self, backend: Backend | None = None, name: str | None = None) -> None:
-        super().__init__(backend if backend is not None else SecondOrder(), name, custom=backend is not None)
+        super().__init__(backend, name)
 
     def run(self, batch: MetaBatch, generator: torch.Generator, fixed: set[str] | None) -> MetaResult:
         return self.backend(batch, fixed)
@@ -33,10 +34,11 @@ class Block(Engine):
     """
 
     name = "block"
+    default_backend = SecondOrder
 
     def __init__(self, backend: Backend | None = None, name: str | None = None,
                  layers: list[str] | str | None = None) -> None:
-        super().__init__(backend if backend is not None else SecondOrder(), name, custom=backend is not None)
+        super().__init__(backend, name)
         if layers is None:
             raise ValueError("the block engine needs layers=[...] (layer names or module prefixes)")
         self.block = [layers] if isinstance(layers, str) else list(layers)
@@ -61,9 +63,10 @@ class RandomLayers(Engine):
     """
 
     name = "random"
+    default_backend = SecondOrder
 
     def __init__(self, backend: Backend | None = None, name: str | None = None, s: int = 4) -> None:
-        super().__init__(backend if backend is not None else SecondOrder(), name, custom=backend is not None)
+        super().__init__(backend, name)
         if s < 1:
             raise ValueError(f"random engine needs s >= 1, got {s}")
         self.s = s

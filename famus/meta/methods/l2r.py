@@ -8,8 +8,6 @@ from torch import Tensor
 from famus.meta.methods.base import (
     METHODS,
     MetaMethod,
-    PerExampleLossFn,
-    Regularizer,
     normalized,
     per_example_losses,
 )
@@ -28,9 +26,6 @@ class L2R(MetaMethod):
     name = "l2r"
     lagged_ok = False  # eps is reset to 0 each step: the Virtual-Train gradient is zero
     per_example = frozenset({"eps"})
-
-    def __init__(self, loss_fn: PerExampleLossFn | None = None, regularizer: Regularizer | None = None) -> None:
-        super().__init__(loss_fn, regularizer)
 
     def meta_params(self, n: int, like: Tensor) -> dict[str, Tensor]:
         return {"eps": torch.zeros(n, dtype=like.dtype, device=like.device, requires_grad=True)}
