@@ -7,7 +7,10 @@ gradient is to ``exact``'s on the same batch and state.
 
 Engine specs are engine names with optional suffixes: ``+lagged`` (one-backward mode, see
 :class:`~famus.meta.learner.MetaLearner`) and ``+noreuse`` (a separate Actual-Train forward
-instead of reusing the Virtual-Train one).
+instead of reusing the Virtual-Train one). The spec ``default`` is what ``famus train`` runs when
+no engine or schedule is named (:mod:`famus.meta.recipe`): its engine's meta step, and its cost
+amortized over a run of ``steps`` steps (warm-up, dense meta updates, then every k-th step), with
+the ordinary weighted step between meta updates timed beside the others.
 
 >>> result = bench("resnet20", (3, 32, 32), 32, "mwnet", ["exact", "famus-fd"], repeats=2)  # doctest: +SKIP
 >>> print(format_table(result))  # doctest: +SKIP
@@ -34,17 +37,20 @@ from torch import Tensor, nn
 from famus.meta.engines import ENGINES, STAGES
 from famus.meta.learner import LAGGED_SUFFIX, MetaLearner
 from famus.meta.methods import METHODS
+from famus.meta.recipe import DEFAULT_SPEC, Recipe, default_recipe
 from famus.train.step import erm_step
 
-DEFAULT_ENGINES = ("exact", "famus", "jvp", "fd", "famus-fd", "famus-fd+lagged")
+DEFAULT_ENGINES = ("exact", "famus", "jvp", "fd", "famus-fd", "famus-fd+lagged", DEFAULT_SPEC)
+DEFAULT_STEPS = 20000  # the run the default recipe is amortized over: Table 1's MW-Net schedule (20k iterations)
 NOREUSE_SUFFIX = "+noreuse"
 CPU_MEMORY = "CPU: peak of the running sum of tensor allocations minus frees during one iteration (torch.profiler)"
 CUDA_MEMORY = "CUDA: torch.cuda.max_memory_allocated during one iteration minus the allocation before it"
 
 
-def parse_engine(spec: str) -> tuple[str, bool, bool]:
-    """``"famus-fd+lagged"`` -> ``("famus-fd", lagged=True, reuse=True)``; suffixes in any order."""
-    base, lagged, reuse = spec, False, True
+def parse_engine(spec: str, method: str = "mwnet") -> tuple[str, bool, bool]:
+    """``"famus-fd+lagged"`` -> ``("famus-fd", lagged=True, reuse=True)``; suffixes in any order.
+    ``"default"``: the default recipe's engine for ``method``."""
+    base, lagged, reuse = (default_recipe(method).engine if spec == DEFAULT_SPEC else spec), False, True
     while True:
         if base.endswith(LAGGED_SUFFIX):
             base, lagged = base[: -len(LAGGED_SUFFIX)], True
@@ -142,6 +148,7 @@ def bench(
     meta_every: int = 1,
     method_options: dict | None = None,
     engine_options: dict[str, dict] | None = None,
+    steps: int = DEFAULT_STEPS,
 ) -> dict:
     """Time every engine on the same batches and compare its meta gradient with ``exact``'s.
 
@@ -166,14 +173,18 @@ def bench(
         method_options: options of the method, for every learner (e.g. ``{"meta_lr": 1e-3}``).
         engine_options: per engine name, its options (e.g. ``{"famus": {"k": 2}, "fd": {"fd_eps": 1e-3}}``);
             a name that is not benched, or an option the engine does not take, is an error.
+        steps: the run length the ``default`` spec is amortized over (its warm-up, dense phase and
+            every-k-th meta updates, :meth:`famus.meta.recipe.Recipe.counts`).
 
     Returns:
         A JSON-ready dict: ``erm_step_s``, ``engines`` (spec -> ``iteration_s``, ``speedup_vs_exact``,
         ``ratio_to_erm``, ``cosine_to_exact``, ``rel_error_to_exact``, ``peak_memory_bytes``,
-        ``stages``, ...), and the settings (``memory_method``, ``timing``, ...).
+        ``stages``, ...; ``amortized_s`` and ``amortized_ratio_to_erm`` where it amortizes: every engine with
+        ``meta_every > 1``, and ``default`` over its schedule, with ``schedule``), and the settings
+        (``memory_method``, ``timing``, ...).
     """
     engine_options = {k: dict(v) for k, v in (engine_options or {}).items()}
-    parsed = _check(method, engines, repeats, warmup, meta_every, engine_options)
+    parsed = _check(method, engines, repeats, warmup, meta_every, engine_options, steps)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = meta_batch_size or batch_size
     shape = tuple(int(s) for s in input_shape)
@@ -181,16 +192,23 @@ def bench(
     model0 = _build(model, num_classes, shape[0]).to(dev)
     batches = _random_batches(shape, batch_size, m, num_classes, warmup + repeats + 1, seed, dev)  # +1: memory
     make = _Learners(model0, batches[0][0], method, lr, seed, dict(method_options or {}), engine_options)
-    runners, report = _fidelity(make, parsed, batches[0], meta_every)
+    plain = meta_every > 1 or DEFAULT_SPEC in parsed
+    runners, report = _fidelity(make, parsed, batches[0], plain)
     times, stages, reused = _time(runners, batches, warmup, repeats, dev)
     memory = {name: _peak_memory(lambda rn=runner: rn.step(*batches[-1]), dev) for name, runner in runners.items()}
     erm_s = statistics.median(times["erm"])
-    plain_s = statistics.median(times["plain"]) if meta_every > 1 else None
+    plain_s = statistics.median(times["plain"]) if plain else None
     for spec, row in report.items():
         if "error" not in row:
-            row.update(_timing_row(times, spec, erm_s, plain_s, meta_every), peak_memory_bytes=memory[spec],
+            row.update(_timing_row(times, spec, erm_s, plain_s if meta_every > 1 else None, meta_every),
+                       peak_memory_bytes=memory[spec],
                        stages={s: statistics.median(t[s] for t in stages[spec]) for s in STAGES},
                        reused_forward=reused.get(spec, False))
+            choice = getattr(getattr(runners[spec], "engine", None), "choice", None)
+            if choice is not None:  # auto: the backend it timed faster
+                row["choice"] = choice
+            if spec == DEFAULT_SPEC:
+                row.update(_recipe_row(default_recipe(method), row["iteration_s"], plain_s, erm_s, steps))
     return {
         "model": model if isinstance(model, str) else type(model0).__name__,
         "input_shape": list(shape), "batch_size": batch_size, "meta_batch_size": m, "method": method,
@@ -200,20 +218,21 @@ def bench(
         + (", CUDA-synchronized" if dev.type == "cuda" else ""),
         "memory_method": CUDA_MEMORY if dev.type == "cuda" else CPU_MEMORY,
         "method_options": dict(method_options or {}), "engine_options": engine_options,
-        "meta_every": meta_every, "plain_step_s": plain_s,
+        "meta_every": meta_every, "plain_step_s": plain_s, "steps": steps,
         "erm_step_s": erm_s, "erm_step_s_all": times["erm"], "erm_peak_memory_bytes": memory["erm"],
         "engines": report,
     }
 
 
 def _check(method: str, engines: Sequence[str], repeats: int, warmup: int, meta_every: int,
-           engine_options: dict[str, dict]) -> dict[str, tuple[str, bool, bool]]:
+           engine_options: dict[str, dict], steps: int = DEFAULT_STEPS) -> dict[str, tuple[str, bool, bool]]:
     """The parsed engine specs; bad counts, unknown names and options for an engine not benched are errors."""
-    if repeats < 1 or warmup < 0 or meta_every < 1:
-        raise ValueError(f"need repeats >= 1, warmup >= 0 and meta_every >= 1, got {repeats}, {warmup}, {meta_every}")
-    specs = list(dict.fromkeys(engines))
-    parsed = {s: parse_engine(s) for s in specs}
+    if repeats < 1 or warmup < 0 or meta_every < 1 or steps < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, meta_every >= 1 and steps >= 1, got {repeats}, {warmup}, "
+                         f"{meta_every}, {steps}")
     METHODS.get(method)
+    specs = list(dict.fromkeys(engines))
+    parsed = {s: parse_engine(s, method) for s in specs}
     stray = sorted(set(engine_options) - {b for b, _, _ in parsed.values()})
     if stray:
         raise ValueError(f"engine_options for {stray}, which are not benched (engines: {', '.join(specs)})")
@@ -253,13 +272,13 @@ class _Learners:
         return out
 
 
-def _fidelity(make: _Learners, parsed: dict[str, tuple[str, bool, bool]], batch: tuple, meta_every: int
+def _fidelity(make: _Learners, parsed: dict[str, tuple[str, bool, bool]], batch: tuple, plain: bool
               ) -> tuple[dict[str, object], dict[str, dict]]:
-    """The runners to time (ERM, the plain step, each engine) and each engine's meta gradient against
-    ``exact``'s at the same state on ``batch`` (cosine, relative error)."""
+    """The runners to time (ERM, the plain step when ``plain``, each engine) and each engine's meta gradient
+    against ``exact``'s at the same state on ``batch`` (cosine, relative error)."""
     reference = _flat(make("exact").meta_gradient(*batch))
     runners: dict[str, object] = {"erm": _ERM(copy.deepcopy(make.model0), make.lr)}
-    if meta_every > 1:  # the ordinary weighted step between meta updates (the same for every engine)
+    if plain:  # the ordinary weighted step between meta updates (the same for every engine)
         runners["plain"] = _Plain(make("exact"))
     report: dict[str, dict] = {}
     for spec, (base, lagged, reuse) in parsed.items():
@@ -310,6 +329,15 @@ def _timing_row(times: dict[str, list[float]], spec: str, erm_s: float, plain_s:
     return row
 
 
+def _recipe_row(recipe: Recipe, meta_s: float, plain_s: float, erm_s: float, steps: int) -> dict:
+    """The default recipe over ``steps`` steps: warm-up and weighted steps cost ``plain_s``, meta steps ``meta_s``."""
+    warm, meta, plain = recipe.counts(steps)
+    amortized = (meta * meta_s + (warm + plain) * plain_s) / steps
+    return dict(amortized_s=amortized, amortized_ratio_to_erm=amortized / erm_s,
+                schedule=dict(engine=recipe.engine, warmup=recipe.warmup, dense=recipe.dense, every=recipe.every,
+                              steps=steps, meta_steps=meta, plain_steps=warm + plain))
+
+
 def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
@@ -319,7 +347,8 @@ def format_table(result: dict) -> str:
     short = {"virtual_forward": "vf", "virtual_backward": "vb", "meta_forward": "mf",
              "meta_backward": "mb", "actual_forward": "af", "actual_backward": "ab"}
     k = result.get("meta_every", 1)
-    amort = [f"k={k} ms", f"k={k} x ERM"] if k > 1 else []
+    recipe = any("schedule" in row for row in result["engines"].values())
+    amort = [f"k={k} ms", f"k={k} x ERM"] if k > 1 else ["amortized ms", "amortized x ERM"] if recipe else []
     head = ["engine", "iter ms", "x ERM", *amort, "vs exact", "cos", "rel err", "peak MiB"] + [short[s] for s in STAGES]
     rows = [head]
     for spec, row in result["engines"].items():
@@ -331,7 +360,8 @@ def format_table(result: dict) -> str:
             spec,
             _fmt(row["iteration_s"] * 1e3, ".0f"),
             _fmt(row["ratio_to_erm"], ".2f"),
-            *([_fmt(row["amortized_s"] * 1e3, ".0f"), _fmt(row["amortized_ratio_to_erm"], ".2f")] if k > 1 else []),
+            *([_fmt(row.get("amortized_s", math.nan) * 1e3, ".0f"), _fmt(row.get("amortized_ratio_to_erm"), ".2f")]
+              if amort else []),
             _fmt(row["speedup_vs_exact"], ".2f") + ("x" if row["speedup_vs_exact"] else ""),
             _fmt(row["cosine_to_exact"], ".6f"),
             _fmt(row["rel_error_to_exact"], ".1e"),
@@ -360,6 +390,14 @@ def format_table(result: dict) -> str:
     if k > 1:
         notes.append(f"k={k}: mean over {k} steps, one meta update and {k - 1} ordinary weighted steps "
                      f"({result['plain_step_s'] * 1e3:.0f} ms each, timed beside the others)")
+    for spec, row in result["engines"].items():
+        if "schedule" in row:
+            sch = row["schedule"]
+            notes.append(
+                f"{spec}: famus train's default recipe, {sch['engine']} ({row.get('choice') or 'its choice'}); "
+                f"over {sch['steps']} steps: {sch['warmup']} warm-up steps, meta updates on every step for "
+                f"{sch['dense']} steps, then every {sch['every']}th ({sch['meta_steps']} meta steps, "
+                f"{sch['plain_steps']} ordinary ones at {result['plain_step_s'] * 1e3:.0f} ms)")
     return "\n".join([title, *lines, *notes])
 
 
@@ -383,6 +421,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=0.1, help="base learning rate (alpha)")
     parser.add_argument("--meta-every", type=int, default=1,
                         help="also show each engine amortized over k steps (one meta update, k-1 ordinary steps)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help="the run length the 'default' recipe is amortized over (warm-up, dense, then every k)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
     return parser
 
@@ -401,7 +441,7 @@ def run_cli(args: argparse.Namespace) -> int:
         result = bench(
             args.model, shape, args.batch_size, args.method, engines, repeats=args.repeats, warmup=args.warmup,
             meta_batch_size=args.meta_batch_size, num_classes=args.num_classes, device=args.device,
-            seed=args.seed, lr=args.lr, meta_every=args.meta_every,
+            seed=args.seed, lr=args.lr, meta_every=args.meta_every, steps=args.steps,
         )
     except (ValueError, TypeError, KeyError) as e:
         print(f"famus bench: {e}", file=sys.stderr)

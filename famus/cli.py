@@ -29,8 +29,12 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--model", "model", str, "model name, or package.module:function"),
     ("--method", "method", str, "erm, l2r, mwnet or mlc"),
     ("--loss", "loss", str, "training loss: ce, ldam, focal or cb (options: --set loss_options.KEY=VALUE)"),
-    ("--meta-grad", "meta_grad", str, "meta-gradient engine (fd: the default; exact, famus, jvp, block, ...)"),
-    ("--meta-every", "meta_every", int, "update the meta model every k-th step (the others: ordinary weighted steps)"),
+    ("--meta-grad", "meta_grad", str, "meta-gradient engine (auto: the default, exact or fd, the faster; exact, fd, "
+                                      "famus, jvp, block, ...; +lagged)"),
+    ("--meta-every", "meta_every", int, "after the dense phase, update the meta model every k-th step (the others: "
+                                        "ordinary weighted steps; default recipe: 5, L2R 1)"),
+    ("--meta-dense", "meta_dense", int, "after the warm-up, update the meta model on every step for this many "
+                                        "steps (default recipe: 200)"),
     ("--meta-warmup", "meta_warmup", int, "ordinary, uniformly weighted steps before the first meta update "
                                           "(default: min(25, a quarter of an epoch))"),
     ("--epochs", "epochs", int, "epochs"),

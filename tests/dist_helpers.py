@@ -46,6 +46,9 @@ CASES: dict[str, dict] = {
     "mwnet-fd-every-sync": dict(method="mwnet", engine="fd", bn="sync", fd=True,
                                 learner=dict(meta_every=2, meta_warmup=1)),
     "l2r-exact-every-rank": dict(method="l2r", engine="exact", bn="rank", learner=dict(meta_every=2)),
+    # the default recipe: auto (rank 0's timed choice on every rank), dense meta updates, then sparse
+    "mwnet-auto-dense-sync": dict(method="mwnet", engine="auto", bn="sync", fd=True,
+                                  learner=dict(meta_every=3, meta_dense=2, meta_warmup=1)),
 }
 
 

@@ -86,6 +86,9 @@ class MetaLearner:
         meta_every: update the meta parameters (meta model, FaMUS samplers) on every ``meta_every``-th
             step only; the steps between are ordinary steps weighted by the current meta model
             (one forward and backward; L2R, which keeps no meta parameters, weighs them uniformly).
+        meta_dense: the first ``meta_dense`` steps after the warm-up update the meta parameters on every
+            step whatever ``meta_every`` is: dense while the weighting forms, sparse once it has
+            (``famus train``'s default recipe, :mod:`famus.meta.recipe`).
         meta_warmup: the first ``meta_warmup`` steps are ordinary, uniformly weighted steps with no
             meta update (docs/learning-quality.md: it skips the first steps' meta gradient, which points
             the wrong way while all features are alike).
@@ -120,6 +123,7 @@ class MetaLearner:
         lagged: bool = False,
         meta_every: int = 1,
         meta_warmup: int = 0,
+        meta_dense: int = 0,
         method_options: dict | None = None,
         engine_options: dict | None = None,
         **options,
@@ -148,9 +152,10 @@ class MetaLearner:
             )
         if isinstance(meta_every, bool) or not isinstance(meta_every, int) or meta_every < 1:
             raise ValueError(f"meta_every must be an int >= 1, got {meta_every!r}")
-        if isinstance(meta_warmup, bool) or not isinstance(meta_warmup, int) or meta_warmup < 0:
-            raise ValueError(f"meta_warmup must be an int >= 0, got {meta_warmup!r}")
-        self.meta_every, self.meta_warmup = meta_every, meta_warmup
+        for key, value in (("meta_warmup", meta_warmup), ("meta_dense", meta_dense)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key} must be an int >= 0, got {value!r}")
+        self.meta_every, self.meta_warmup, self.meta_dense = meta_every, meta_warmup, meta_dense
         self.reuse_forward, self.lagged = bool(reuse_forward), bool(lagged)
         self.reused_forward = False  # whether the last step reused the virtual forward
         # the meta model, samplers and meta losses stay in this dtype (float32 for a 16-bit model)
@@ -336,9 +341,10 @@ class MetaLearner:
         return (~ok).to(torch.float32)
 
     def meta_step_due(self) -> bool:
-        """Whether the next :meth:`step` updates the meta parameters (``meta_warmup``, ``meta_every``)."""
+        """Whether the next :meth:`step` updates the meta parameters (``meta_warmup``, ``meta_dense``,
+        ``meta_every``)."""
         k = self.steps - self.meta_warmup
-        return k >= 0 and k % self.meta_every == 0
+        return k >= 0 and (k < self.meta_dense or (k - self.meta_dense) % self.meta_every == 0)
 
     def plain_step(self, x: Inputs, y: Tensor, *, scaler: torch.amp.GradScaler | None = None) -> StepStats:
         """An ordinary step, no meta update: uniform weights in the meta warm-up, else the current meta model's."""

@@ -52,10 +52,15 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     # method
     method: str = "mwnet"  # erm, l2r, mwnet, mlc
-    meta_grad: str = DEFAULT_ENGINE  # fd (exact meta gradient, one extra forward), exact, famus, jvp, ...
+    meta_grad: str = DEFAULT_ENGINE  # auto (exact or fd, the faster), fd, exact, famus, jvp, ... (+lagged)
     method_options: dict[str, Any] = field(default_factory=dict)  # meta_lr, normalize, ...
     engine_options: dict[str, Any] = field(default_factory=dict)  # k, temperature, candidates, ...
-    meta_every: int = 1  # update the meta model every k-th step; the others are ordinary weighted steps
+    # which steps update the meta model (famus.meta.recipe): after the warm-up, every step for meta_dense
+    # steps, then every meta_every-th step (the others are ordinary steps weighted by the current meta
+    # model); None: the default recipe's (dense 200, then every 5th; L2R, whose meta parameters do not
+    # persist between steps: every step)
+    meta_every: int | None = None
+    meta_dense: int | None = None
     # (meta_warmup below: docs/learning-quality.md shows the first meta updates can trap MW-Net in the
     # opposite weighting, for exact too; 25 plain steps first avoided it on every seed measured)
     # the first steps train without meta updates, uniformly weighted; None: min(25, a quarter of an epoch)
@@ -118,9 +123,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.meta_every < 1 or (self.meta_warmup is not None and self.meta_warmup < 0):
-            raise ValueError(f"meta_every must be >= 1 and meta_warmup >= 0, got {self.meta_every} and "
-                             f"{self.meta_warmup}")
+        if self.meta_every is not None and self.meta_every < 1:
+            raise ValueError(f"meta_every must be >= 1 (or unset: the default recipe), got {self.meta_every}")
+        for name in ("meta_warmup", "meta_dense"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (or unset: the default recipe), got {getattr(self, name)}")
         for name in ("meta_batch_size", "train_subset", "threads", "checkpoint_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")

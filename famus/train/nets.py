@@ -13,12 +13,13 @@ from torch import Tensor, nn
 from famus import distributed as dist
 from famus.losses import build_loss
 from famus.meta import MetaLearner
+from famus.meta.recipe import WARMUP, default_recipe
 from famus.models import MODELS, build_model
 from famus.train.config import TrainConfig
 from famus.train.data import RunData
 from famus.train.step import Criterion, Precision
 
-AUTO_META_WARMUP = 25  # steps; measured in docs/learning-quality.md
+AUTO_META_WARMUP = WARMUP  # steps; measured in docs/learning-quality.md
 
 
 @dataclass
@@ -69,6 +70,14 @@ def meta_warmup_steps(cfg: TrainConfig, data: RunData) -> int:
     return min(AUTO_META_WARMUP, (n // max(min(cfg.batch_size, n), 1)) // 4)
 
 
+def meta_schedule(cfg: TrainConfig, data: RunData) -> tuple[int, int]:
+    """``(meta_every, meta_dense)``: the config's, or where unset the default recipe's (:mod:`famus.meta.recipe`)."""
+    recipe = default_recipe(cfg.method, meta_warmup_steps(cfg, data))
+    every = cfg.meta_every if cfg.meta_every is not None else recipe.every
+    dense = cfg.meta_dense if cfg.meta_dense is not None else recipe.dense
+    return every, dense
+
+
 def _model(cfg: TrainConfig, data: RunData, device: torch.device) -> nn.Module:
     options = dict(cfg.model_options)
     if cfg.model in MODELS and "input_size" in inspect.signature(MODELS.get(cfg.model)).parameters:
@@ -84,8 +93,9 @@ def _learner(cfg: TrainConfig, data: RunData, model: nn.Module, opt, loss_fn, se
     # the config's options, the --loss loss, then the batch source's (pseudo mode's MixMatch loss)
     extra: dict[str, Any] = {"loss_fn": loss_fn} if loss_fn is not None else {}
     extra.update(method_options)
+    every, dense = meta_schedule(cfg, data)
     learner = MetaLearner(model, opt, cfg.method, cfg.meta_grad, seed=cfg.seed + 2 + seed_offset,
-                          meta_every=cfg.meta_every, meta_warmup=meta_warmup_steps(cfg, data),
+                          meta_every=every, meta_dense=dense, meta_warmup=meta_warmup_steps(cfg, data),
                           method_options={**cfg.method_options, **extra}, engine_options=cfg.engine_options)
     learner.bind(bind_x)
     return learner

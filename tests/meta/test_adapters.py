@@ -11,6 +11,7 @@ from .conftest import FORWARD, engines
 from .hf_model import TinyTextClassifier, text_batch
 
 ENGINE_OPTS = {
+    "auto": {},
     "exact": {}, "famus": {}, "random": {"s": 2}, "block": {"layers": ["mlp", "classifier"]},
     "jvp": {}, "fd": {}, "famus-jvp": {}, "famus-fd": {},
 }

@@ -47,6 +47,34 @@ def test_meta_parameters_move_only_on_meta_steps(engine, method):
     assert learner.steps == 7
 
 
+@pytest.mark.parametrize("warmup,dense,every", [(1, 3, 2), (0, 0, 3), (2, 5, 1), (0, 4, 4)])
+def test_dense_then_every_kth_step_updates(warmup, dense, every):
+    learner = _learner(meta_every=every, meta_warmup=warmup, meta_dense=dense)
+    batch = make_batches()
+    updated = [learner.step(*batch).meta_updated for _ in range(12)]
+    want = [s >= warmup and (s - warmup < dense or (s - warmup - dense) % every == 0) for s in range(12)]
+    assert updated == want
+    assert updated[warmup:warmup + dense] == [True] * min(dense, 12 - warmup)  # dense: every step
+
+
+def test_the_default_recipe_schedule_is_the_learners():
+    from famus.meta.recipe import Recipe, default_recipe
+
+    recipe = Recipe("auto", warmup=2, dense=4, every=3)
+    learner = _learner(meta_every=3, meta_warmup=2, meta_dense=4)
+    batch = make_batches()
+    assert [learner.step(*batch).meta_updated for _ in range(15)] == [recipe.due(s) for s in range(15)]
+    warm, meta, plain = recipe.counts(15)  # 2 warm-up, 4 dense, then steps 6, 9, 12 of the 9 left
+    assert (warm, meta, plain) == (2, 4 + 3, 6)
+    assert default_recipe("l2r").every == 1 and default_recipe("l2r").dense == 0  # eps does not persist
+    assert default_recipe("mwnet").every > 1
+
+
+def test_bad_dense_is_refused():
+    with pytest.raises(ValueError, match="meta_dense must be an int >= 0"):
+        _learner(meta_dense=-1)
+
+
 def test_warmup_steps_are_uniform_erm_steps():
     learner = _learner(meta_warmup=2)
     ref = copy.deepcopy(learner.model)

@@ -10,7 +10,7 @@ from famus.models import build_model
 
 from .conftest import engines, make_batches
 
-ENGINE_OPTS = {"block": {"layers": ["layer3_0", "fc"]}, "random": {"s": 2}}
+ENGINE_OPTS = {"auto": {"choice": "fd"}, "block": {"layers": ["layer3_0", "fc"]}, "random": {"s": 2}}
 METHOD_OPTS = {"mwnet": {}, "l2r": {}, "mlc": {"num_classes": 3}}
 
 

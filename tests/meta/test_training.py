@@ -33,6 +33,7 @@ def _data(n, gen):
 
 
 ENGINE_OPTS = {
+    "auto": {},
     "exact": {}, "famus": {}, "random": {"s": 2}, "block": {"layers": ["block", "head"]},
     "jvp": {}, "fd": {}, "famus-jvp": {}, "famus-fd": {},
 }

@@ -22,10 +22,11 @@ from famus.train.checkpoint import CheckpointSchedule, load_checkpoint
 from famus.verified import PAUSE_ENV, CorruptFileError, checksum_path
 
 REPO = Path(famus.__file__).resolve().parents[1]
+# runs compared bit for bit pin the engine: the default (auto) times exact and fd, and two runs may choose apart
 BASE = ["--dataset", "digits", "--model", "mlp", "--meta-per-class", "10", "--batch-size", "64", "--no-progress",
-        "--noise", "symmetric", "--noise-rate", "0.4"]
+        "--noise", "symmetric", "--noise-rate", "0.4", "--meta-grad", "fd"]
 COMMON = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, lr=0.05, progress=False, threads=1,
-              noise="symmetric", noise_rate=0.4)
+              noise="symmetric", noise_rate=0.4, meta_grad="fd")
 TIME_KEYS = {"time_per_iter_s", "wall_time_s", "stage_time_s", "epoch_time_s", "tracking_time_s"}
 STATE_KEYS = ("epoch", "step", "position", "nets", "generator", "torch_rng", "source", "best_test_acc", "tracker",
               "selection", "scores")
@@ -150,7 +151,7 @@ def test_sigkill_at_five_moments_then_resume_is_bit_identical(tmp_path, one_thre
     assert len(info["resumed"]) == sum(s is not None for s in states)  # the runs that found a checkpoint
 
     ref = tmp_path / "ref"
-    train(TrainConfig(**COMMON, method="mwnet", meta_grad="famus", epochs=3, out=str(ref)))
+    train(TrainConfig(**{**COMMON, "meta_grad": "famus"}, method="mwnet", epochs=3, out=str(ref)))
     assert_same_run(out, ref)
 
 
@@ -176,6 +177,8 @@ def _interrupt_after(monkeypatch, module, when):
     dict(method="mwnet", meta_grad="famus", track_every=4, milestones=[1]),
     dict(method="mlc", meta_grad="exact", noise="pair"),
     dict(method="mwnet", meta_grad="fd", meta_every=3, meta_warmup=5),
+    dict(method="mwnet", meta_grad="auto", meta_dense=12, meta_every=3, meta_warmup=5,
+         engine_options={"choice": "exact"}),  # the recipe's schedule (dense, then sparse) resumes mid-epoch
 ])
 def test_mid_epoch_resume_equals_uninterrupted(tmp_path, monkeypatch, one_thread, extra):
     cfg = dict(COMMON, epochs=2, checkpoint_every=7, **extra)

@@ -24,10 +24,11 @@ from famus.meta.precision import master_dtype
 from famus.registry import Registry
 
 ENGINES: Registry[Callable[..., Engine]] = Registry("engine")
-# the engine of famus train and MetaLearner when none is named: the meta gradient of ``exact`` (to
-# a finite-difference error of ~1e-4) at the cost of one extra forward pass instead of a second-order
-# backward; docs/learning-quality.md measures that it learns the weighting as ``exact`` does
-DEFAULT_ENGINE = "fd"
+# the engine of famus train and MetaLearner when none is named: the meta gradient of ``exact`` by
+# ``exact`` or ``fd`` (one extra forward pass instead of a second-order backward, to a finite-difference
+# error of ~1e-6), whichever the first meta step times faster (:mod:`.auto`); docs/learning-quality.md
+# measures that fd learns the weighting as exact does
+DEFAULT_ENGINE = "auto"
 
 STAGES = (
     "virtual_forward",
