@@ -74,7 +74,7 @@ class GateDraw:
     Attributes:
         engine: the FaMUS engine (samplers, temperature, ``k``, ``lambda_r``).
         generator: the learner's CPU generator (the Gumbel noise).
-        layers: the sampled layers' names (they may switch on).
+        layers: the gated units' names (layers, or tensors with ``gate_unit="tensor"``; they may switch on).
     """
 
     engine: FaMUS
@@ -109,7 +109,7 @@ class FaMUS(Engine):
     Args:
         backend: the meta-gradient computation (default: second order).
         name: the registry name.
-        k: expected number of sampled layers switched on (L_r target, paper: 4).
+        k: expected number of gates on (L_r target, paper: 4): layers, or tensors with ``gate_unit="tensor"``.
         lambda_r: weight of L_r = (sum_l r_l - K)^2.
         lambda_g: weight of L_g, the last layer's gradient matching loss.
         sampler_lr: SGD learning rate of the samplers (paper: 0.1; long-tailed 1e-2).
