@@ -7,7 +7,9 @@ gradient is to ``exact``'s on the same batch and state.
 
 Engine specs are engine names with optional suffixes: ``+lagged`` (one-backward mode, see
 :class:`~famus.meta.learner.MetaLearner`) and ``+noreuse`` (a separate Actual-Train forward
-instead of reusing the Virtual-Train one). The spec ``default`` is what ``famus train`` runs when
+instead of reusing the Virtual-Train one), and optional engine options in brackets right after the
+name, ``KEY=VALUE`` (YAML values) separated by ``;``: ``famus[lg_target=detached;gate_unit=tensor]+lagged``,
+so variants of one engine run side by side. The spec ``default`` is what ``famus train`` runs when
 no engine or schedule is named (:mod:`famus.meta.recipe`): its engine's meta step, and its cost
 amortized over a run of ``steps`` steps (warm-up, dense meta updates, then every k-th step), with
 the ordinary weighted step between meta updates timed beside the others.
@@ -25,6 +27,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -32,13 +35,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 
-from famus.meta.engines import ENGINES, STAGES
+from famus.meta.engines import ENGINES, STAGES, build_engine
 from famus.meta.learner import LAGGED_SUFFIX, MetaLearner
 from famus.meta.methods import METHODS
 from famus.meta.recipe import DEFAULT_SPEC, Recipe, default_recipe
 from famus.train.step import erm_step
+from famus.yamlload import safe_load
 
 DEFAULT_ENGINES = ("exact", "famus", "jvp", "fd", "famus-fd", "famus-fd+lagged", DEFAULT_SPEC)
 DEFAULT_STEPS = 20000  # the run the default recipe is amortized over: Table 1's MW-Net schedule (20k iterations)
@@ -47,10 +52,30 @@ CPU_MEMORY = "CPU: peak of the running sum of tensor allocations minus frees dur
 CUDA_MEMORY = "CUDA: torch.cuda.max_memory_allocated during one iteration minus the allocation before it"
 
 
+def spec_options(spec: str) -> tuple[str, dict]:
+    """``"famus[k=2;lg_target=detached]+lagged"`` -> ``("famus+lagged", {"k": 2, "lg_target": "detached"})``."""
+    if "[" not in spec and "]" not in spec:
+        return spec, {}
+    head, _, rest = spec.partition("[")
+    body, close, tail = rest.partition("]")
+    items = [i for i in (s.strip() for s in body.split(";")) if i]
+    if not close or "[" in tail or "]" in tail or not all("=" in i and i.split("=", 1)[0].strip() for i in items):
+        raise ValueError(f"engine spec {spec!r}: options go as name[KEY=VALUE;KEY=VALUE]+suffixes")
+    try:
+        return head + tail, {k.strip(): safe_load(v) for k, v in (i.split("=", 1) for i in items)}
+    except yaml.YAMLError as e:
+        raise ValueError(f"engine spec {spec!r}: an option value is not valid YAML ({e})") from None
+
+
+def split_specs(text: str) -> list[str]:
+    """``--engines`` into specs: commas split, except inside ``[...]``."""
+    return [e.strip() for e in re.split(r",(?![^\[]*\])", text) if e.strip()]
+
+
 def parse_engine(spec: str, method: str = "mwnet") -> tuple[str, bool, bool]:
-    """``"famus-fd+lagged"`` -> ``("famus-fd", lagged=True, reuse=True)``; suffixes in any order.
-    ``"default"``: the default recipe's engine for ``method``."""
-    base, lagged, reuse = (default_recipe(method).engine if spec == DEFAULT_SPEC else spec), False, True
+    """``"famus-fd+lagged"`` -> ``("famus-fd", lagged=True, reuse=True)``; suffixes in any order (options:
+    :func:`spec_options`). ``"default"``: the default recipe's engine for ``method``."""
+    base, lagged, reuse = spec_options(default_recipe(method).engine if spec == DEFAULT_SPEC else spec)[0], False, True
     while True:
         if base.endswith(LAGGED_SUFFIX):
             base, lagged = base[: -len(LAGGED_SUFFIX)], True
@@ -172,7 +197,8 @@ def bench(
             timed beside the others): ``(iteration + (k - 1) * plain) / k``.
         method_options: options of the method, for every learner (e.g. ``{"meta_lr": 1e-3}``).
         engine_options: per engine name, its options (e.g. ``{"famus": {"k": 2}, "fd": {"fd_eps": 1e-3}}``);
-            a name that is not benched, or an option the engine does not take, is an error.
+            a name that is not benched, or an option the engine does not take, is an error. A spec's own
+            options (``famus[k=2]``) go over these.
         steps: the run length the ``default`` spec is amortized over (its warm-up, dense phase and
             every-k-th meta updates, :meth:`famus.meta.recipe.Recipe.counts`).
 
@@ -236,6 +262,9 @@ def _check(method: str, engines: Sequence[str], repeats: int, warmup: int, meta_
     stray = sorted(set(engine_options) - {b for b, _, _ in parsed.values()})
     if stray:
         raise ValueError(f"engine_options for {stray}, which are not benched (engines: {', '.join(specs)})")
+    for spec, (base, _, _) in parsed.items():  # a spec's own options are checked before anything is timed
+        if spec_options(spec)[1]:
+            build_engine(base, **{**engine_options.get(base, {}), **spec_options(spec)[1]})
     return parsed
 
 
@@ -262,12 +291,13 @@ class _Learners:
         self.model0, self.bind_x, self.method = model0, bind_x, method
         self.lr, self.seed, self.method_options, self.engine_options = lr, seed, method_options, engine_options
 
-    def __call__(self, base: str, lagged: bool = False, reuse: bool = True) -> MetaLearner:
+    def __call__(self, base: str, lagged: bool = False, reuse: bool = True, options: dict | None = None) -> MetaLearner:
         net = copy.deepcopy(self.model0)
         opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         torch.manual_seed(self.seed)  # same meta model and sampler initialisation for every engine
         out = MetaLearner(net, opt, self.method, base, seed=self.seed, reuse_forward=reuse, lagged=lagged,
-                          method_options=self.method_options, engine_options=self.engine_options.get(base))
+                          method_options=self.method_options,
+                          engine_options={**(self.engine_options.get(base) or {}), **(options or {})})
         out.bind(self.bind_x)
         return out
 
@@ -283,7 +313,7 @@ def _fidelity(make: _Learners, parsed: dict[str, tuple[str, bool, bool]], batch:
     report: dict[str, dict] = {}
     for spec, (base, lagged, reuse) in parsed.items():
         try:
-            runners[spec] = lrn = make(base, lagged, reuse)
+            runners[spec] = lrn = make(base, lagged, reuse, spec_options(spec)[1])
         except ValueError as e:  # e.g. lagged L2R
             report[spec] = {"error": str(e)}
             continue
@@ -409,7 +439,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--method", default="mwnet", choices=METHODS.names())
     parser.add_argument(
         "--engines", default=",".join(DEFAULT_ENGINES),
-        help="comma-separated engine names, each optionally with +lagged or +noreuse",
+        help="comma-separated engine names, each optionally with +lagged or +noreuse and options in brackets: "
+             "famus[lg_target=detached;gate_unit=tensor]",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations per engine (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per engine first")
@@ -436,7 +467,7 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    engines = split_specs(args.engines)
     try:
         result = bench(
             args.model, shape, args.batch_size, args.method, engines, repeats=args.repeats, warmup=args.warmup,

@@ -22,11 +22,13 @@ class LayerInfo:
         name: the module's qualified name in the model ("" for the root module).
         params: full names of the parameters it owns directly, as in ``named_parameters()``.
         sampler_dim: length of its Avg-Pooled gradient (``D_out`` of its first parameter).
+        dims: ``D_out`` of each parameter in ``params`` (1 for a 0-d one): FaMUS's per-tensor gates.
     """
 
     name: str
     params: tuple[str, ...]
     sampler_dim: int
+    dims: tuple[int, ...] = ()
 
 
 def _owning_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -86,11 +88,13 @@ def layer_infos(model: nn.Module, example: Inputs | None = None) -> list[LayerIn
     for mname in names:
         mod = by_name[mname]
         own = dict(mod.named_parameters(recurse=False))
-        full = tuple(param_name[id(p)] for p in own.values() if p.requires_grad and id(p) in param_name)
+        kept = [p for p in own.values() if p.requires_grad and id(p) in param_name]
+        full = tuple(param_name[id(p)] for p in kept)
         if not full:
             continue
         first = own.get("weight", next(iter(own.values())))
-        infos.append(LayerInfo(mname, full, int(first.shape[0]) if first.dim() > 0 else 1))
+        dims = tuple(int(p.shape[0]) if p.dim() > 0 else 1 for p in kept)
+        infos.append(LayerInfo(mname, full, int(first.shape[0]) if first.dim() > 0 else 1, dims))
     return infos
 
 

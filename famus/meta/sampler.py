@@ -1,4 +1,4 @@
-"""FaMUS's layer-wise gradient sampler (Eq. 8): FC - PReLU - FC - Gumbel-softmax."""
+"""FaMUS's layer-wise gradient sampler (Eq. 8): FC - PReLU - FC - Gumbel-softmax (the authors': FC - PReLU twice)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,44 @@ from torch import Tensor, nn
 class GradientSampler(nn.Module):
     """Maps a layer's pooled training gradient ``(D_out,)`` to two gate logits ``(2,)``.
 
+    ``layers=2`` is the paper's FC(D_out, hidden) - PReLU - FC(hidden, 2); the authors' code has
+    ``layers=3``: FC(D_out, hidden) - PReLU - FC(hidden, hidden) - PReLU - FC(hidden, 2). The linear
+    layers are ``fc1 .. fc{layers}`` and the activations ``act``, ``act2``, ... (one PReLU each), so a
+    two-layer sampler keeps the parameter names it always had (``fc1``, ``act``, ``fc2``).
+
     Args:
-        dim: ``D_out`` of the layer's first parameter.
+        dim: ``D_out`` of the gated parameter (the layer's first one when gating modules).
         hidden: hidden width (paper: 128).
+        layers: number of linear layers, >= 2.
     """
 
-    def __init__(self, dim: int, hidden: int = 128) -> None:
+    def __init__(self, dim: int, hidden: int = 128, layers: int = 2) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.PReLU()
-        self.fc2 = nn.Linear(hidden, 2)
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 2:
+            raise ValueError(f"sampler_layers must be an integer >= 2, got {layers!r}")
+        self.layers = layers
+        for j in range(1, layers + 1):  # registration order = the authors' (init draws in the same order)
+            setattr(self, f"fc{j}", nn.Linear(dim if j == 1 else hidden, 2 if j == layers else hidden))
+            if j < layers:
+                setattr(self, "act" if j == 1 else f"act{j}", nn.PReLU())
+
+    @property
+    def out(self) -> nn.Linear:
+        """The last linear layer (the gate logits)."""
+        return getattr(self, f"fc{self.layers}")
 
     def forward(self, g: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(g)))
+        for j in range(1, self.layers):
+            g = getattr(self, "act" if j == 1 else f"act{j}")(getattr(self, f"fc{j}")(g))
+        return self.out(g)
 
 
 def pooled_gradient(g: Tensor) -> Tensor:
     """Avg-Pool over every dimension but the first, then standardize (reference code).
+
+    The authors' code sum-pools and divides by the unbiased std: after standardisation sum and mean
+    pooling agree (but for the ``1e-9`` guard), and the unbiased std only scales the input by
+    ``sqrt((D_out - 1) / D_out)`` (undefined for ``D_out = 1``, where this returns zeros).
 
     Args:
         g: a parameter's gradient, e.g. conv ``(D_out, D_in, k, k)``, linear ``(D_out, D_in)``,

@@ -195,7 +195,7 @@ class Backend(Protocol):
     """How the meta gradient is computed: second order, ``jvp`` or ``fd`` (one signature for all)."""
 
     def __call__(self, batch: MetaBatch, contributing: set[str] | None, sampler: Sampler | None = None,
-                 lambda_g: float = 0.0) -> MetaResult:
+                 lambda_g: float = 0.0, lg_target: str = "differentiated") -> MetaResult:
         """One Virtual-Train and Meta-Train.
 
         Args:
@@ -203,6 +203,8 @@ class Backend(Protocol):
             contributing: layers whose meta-gradient path is kept (``None``: all).
             sampler: FaMUS's gates; its layers keep the path only when their gate is 1.
             lambda_g: weight of L_g on the last layer (0 disables it).
+            lg_target: ``"differentiated"`` (L_g's meta-batch gradient is differentiated too) or
+                ``"detached"`` (a constant, as in the FaMUS authors' code).
         """
         ...
 

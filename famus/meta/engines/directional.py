@@ -106,21 +106,30 @@ def _leaves(
 
 def _objective_grads(
     batch: MetaBatch, meta_loss: Tensor, w_hat: dict[str, Tensor], leaves: list[str],
-    grads: dict[str, Tensor | None], lambda_g: float, aux: dict[str, Tensor],
+    grads: dict[str, Tensor | None], lambda_g: float, aux: dict[str, Tensor], detached: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """``V = dObjective/dw_hat`` on the leaves and ``b = dObjective/dg_L`` (L_g's direct term).
 
     Without L_g, ``V = v`` (first order). With it, ``V = v + lambda_g H a`` by a double backward of
-    the meta pass only (down to the lowest leaf), exactly as the second-order engine differentiates.
+    the meta pass only (down to the lowest leaf), exactly as the second-order engine differentiates;
+    with ``detached`` (the authors' code: the meta-batch gradient in L_g is a constant), ``V = v``
+    and L_g contributes ``b`` only.
     """
     if not leaves:
         return {}, {}
     last = batch.layers[-1]
     if not (lambda_g and all(grads[p] is not None and p in leaves for p in last.params)):
         return dict(zip(leaves, torch.autograd.grad(meta_loss, [w_hat[p] for p in leaves]))), {}
+    g_last = [grads[p].detach().requires_grad_() for p in last.params]
+    if detached:
+        V = dict(zip(leaves, torch.autograd.grad(meta_loss, [w_hat[p] for p in leaves])))
+        v_last = dist.mean_over_ranks([V[p] for p in last.params])  # the union meta batch's gradient
+        with full_precision(meta_loss.device):
+            loss_g = grad_match_loss(g_last, [v.detach() for v in v_last])
+        aux["loss_g"] = loss_g.detach()
+        return V, dict(zip(last.params, torch.autograd.grad(lambda_g * loss_g, g_last)))
     v_last = torch.autograd.grad(meta_loss, [w_hat[p] for p in last.params], create_graph=True)
     v_last = dist.mean_over_ranks(v_last, differentiable=True)  # the union meta batch's gradient
-    g_last = [grads[p].detach().requires_grad_() for p in last.params]
     with full_precision(meta_loss.device):
         loss_g = grad_match_loss(g_last, list(v_last))
     aux["loss_g"] = loss_g.detach()
@@ -198,6 +207,7 @@ def directional(
     contributing: set[str] | None,
     sampler: Sampler | None = None,
     lambda_g: float = 0.0,
+    lg_target: str = "differentiated",
     *,
     mode: str = "jvp",
     stages: Stages,
@@ -207,7 +217,8 @@ def directional(
     """One Virtual-Train + Meta-Train with first-order backprop and one directional derivative.
 
     Args:
-        batch, contributing, sampler, lambda_g: as for :func:`~famus.meta.engines.second_order.second_order`.
+        batch, contributing, sampler, lambda_g, lg_target: as for
+            :func:`~famus.meta.engines.second_order.second_order`.
         mode: ``"jvp"`` (exact) or ``"fd"`` (finite difference).
         stages: the model's stages (cached-activation restarts).
         fd_eps: relative finite-difference step (default :func:`default_fd_eps`).
@@ -239,7 +250,7 @@ def directional(
     timer.mark("meta_forward")
 
     aux: dict[str, Tensor] = {}
-    V, b = _objective_grads(batch, meta_loss, w_hat, leaves, vt.grads, lambda_g, aux)
+    V, b = _objective_grads(batch, meta_loss, w_hat, leaves, vt.grads, lambda_g, aux, lg_target == "detached")
     if dist.is_distributed():  # v of the union meta batch (b is the same on every rank already)
         V = dict(zip(V, dist.mean_over_ranks(list(V.values()))))
     if gates.extra is not None:
@@ -282,8 +293,8 @@ class JVP(Staged):
     """
 
     def __call__(self, batch: MetaBatch, contributing: set[str] | None, sampler: Sampler | None = None,
-                 lambda_g: float = 0.0) -> MetaResult:
-        return directional(batch, contributing, sampler, lambda_g, mode="jvp", stages=self.staging(batch))
+                 lambda_g: float = 0.0, lg_target: str = "differentiated") -> MetaResult:
+        return directional(batch, contributing, sampler, lambda_g, lg_target, mode="jvp", stages=self.staging(batch))
 
 
 class FD(Staged):
@@ -308,6 +319,6 @@ class FD(Staged):
         self.fd_eps, self.scheme = fd_eps, scheme
 
     def __call__(self, batch: MetaBatch, contributing: set[str] | None, sampler: Sampler | None = None,
-                 lambda_g: float = 0.0) -> MetaResult:
-        return directional(batch, contributing, sampler, lambda_g, mode="fd", stages=self.staging(batch),
+                 lambda_g: float = 0.0, lg_target: str = "differentiated") -> MetaResult:
+        return directional(batch, contributing, sampler, lambda_g, lg_target, mode="fd", stages=self.staging(batch),
                            fd_eps=self.fd_eps, fd_scheme=self.scheme)

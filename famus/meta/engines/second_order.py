@@ -64,16 +64,23 @@ def _virtual_weights(batch: MetaBatch, grads: dict[str, Tensor | None], gates: G
 
 
 def _grad_match(batch: MetaBatch, meta_loss: Tensor, w_hat: dict[str, Tensor], grads: dict[str, Tensor | None],
-                lambda_g: float) -> Tensor | None:
-    """FaMUS's ``L_g`` on the last layer, differentiably; ``None`` where it does not apply."""
+                lambda_g: float, detached: bool = False) -> Tensor | None:
+    """FaMUS's ``L_g`` on the last layer, differentiably; ``None`` where it does not apply.
+
+    ``detached``: the meta-batch gradient is a constant (the authors' code): a first-order gradient of
+    the meta loss at the last layer, and no second-order pass through the meta batch for L_g.
+    """
     last = batch.layers[-1]
     if not (lambda_g and all(grads[p] is not None for p in last.params)):
         return None
     last_hat = [w_hat[p] for p in last.params]
     if not all(t.requires_grad for t in last_hat):
         return None
-    val = torch.autograd.grad(meta_loss, last_hat, create_graph=True)
-    val = dist.mean_over_ranks(val, differentiable=True)  # the union meta batch's gradient
+    # the objective's backward runs through meta_loss again: keep its graph
+    val = torch.autograd.grad(meta_loss, last_hat, create_graph=not detached, retain_graph=True)
+    val = dist.mean_over_ranks(val, differentiable=not detached)  # the union meta batch's gradient
+    if detached:
+        val = [v.detach() for v in val]
     with full_precision(meta_loss.device):
         return grad_match_loss([grads[p] for p in last.params], list(val))
 
@@ -83,6 +90,7 @@ def second_order(
     contributing: set[str] | None,
     sampler: Sampler | None = None,
     lambda_g: float = 0.0,
+    lg_target: str = "differentiated",
 ) -> MetaResult:
     """One Virtual-Train + Meta-Train with autograd's double backward (the :class:`Backend` signature).
 
@@ -91,6 +99,7 @@ def second_order(
         contributing: layers whose second-order path is kept (``None``: all).
         sampler: FaMUS's gates; its gated layers keep the path only when their gate is 1.
         lambda_g: weight of L_g on the last layer (0 disables it).
+        lg_target: ``"differentiated"`` or ``"detached"`` (L_g's meta-batch gradient held constant).
 
     Returns:
         :class:`MetaResult` with the gradient of ``L_c + lambda_g L_g + L_r`` w.r.t. theta
@@ -111,7 +120,7 @@ def second_order(
 
     objective = meta_loss
     aux: dict[str, Tensor] = {}
-    loss_g = _grad_match(batch, meta_loss, w_hat, vt.grads, lambda_g)
+    loss_g = _grad_match(batch, meta_loss, w_hat, vt.grads, lambda_g, detached=lg_target == "detached")
     if loss_g is not None:
         objective = objective + lambda_g * loss_g
         aux["loss_g"] = loss_g.detach()
@@ -134,5 +143,5 @@ class SecondOrder:
     """The second-order :class:`~famus.meta.engines.base.Backend` (no options)."""
 
     def __call__(self, batch: MetaBatch, contributing: set[str] | None, sampler: Sampler | None = None,
-                 lambda_g: float = 0.0) -> MetaResult:
-        return second_order(batch, contributing, sampler, lambda_g)
+                 lambda_g: float = 0.0, lg_target: str = "differentiated") -> MetaResult:
+        return second_order(batch, contributing, sampler, lambda_g, lg_target)
