@@ -18,7 +18,8 @@ from famus.yamlload import safe_load
 TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--dataset", "dataset", str, "dataset name (folder, arrays, listfile, fashion-mnist, cifar10, cifar100, digits)"),
     ("--data-dir", "data_dir", str, "folder (or file) of the dataset"),
-    ("--noise", "noise", str, "label noise to inject: none (default), symmetric, pair, asymmetric, matrix, file"),
+    ("--noise", "noise", str,
+     "label noise to inject: none (default), symmetric, pair, asymmetric, instance, matrix, file"),
     ("--noise-rate", "noise_rate", float, "noise rate R in [0, 1] (symmetric, pair, asymmetric)"),
     ("--imbalance", "imbalance", float, "long-tail imbalance factor IF (1 = balanced)"),
     ("--meta-per-class", "meta_per_class", int, "clean meta examples per class k, held out of training"),

@@ -1,4 +1,5 @@
-"""Per-example training losses for long-tailed data: CE, LDAM (+ DRW), focal and class-balanced.
+"""Per-example training losses: CE; for long-tailed data LDAM (+ DRW), focal and class-balanced; for noisy
+labels the robust GCE and SCE.
 
 Every loss here is a :class:`PerExampleLoss`: ``loss(logits (n, C), y (n,)) -> (n,)``, differentiable
 in the logits (the meta-gradient engines differentiate it, in reverse or forward mode). Per-class
@@ -23,8 +24,8 @@ from torch import Tensor
 
 from famus.registry import Registry
 
-__all__ = ["LOSSES", "CBLoss", "CELoss", "FocalLoss", "LDAMLoss", "PerExampleLoss", "build_loss",
-           "class_balanced_weights", "ldam_margins"]
+__all__ = ["LOSSES", "CBLoss", "CELoss", "FocalLoss", "GCELoss", "LDAMLoss", "PerExampleLoss", "SCELoss",
+           "build_loss", "class_balanced_weights", "ldam_margins"]
 
 
 def _check_counts(class_counts: Tensor) -> Tensor:
@@ -216,20 +217,90 @@ class LDAMLoss(PerExampleLoss):
         return f"LDAMLoss(max_m={self.max_m}, s={self.s}, drw_epoch={self.drw_epoch}, beta={self.beta})"
 
 
+class GCELoss(PerExampleLoss):
+    """Generalized cross-entropy (Zhang & Sabuncu, NeurIPS 2018): ``L_q = (1 - p_y ** q) / q``.
+
+    Between cross-entropy (``q -> 0``) and MAE (``q = 1``): bounded by ``1 / q``, and its gradient
+    ``-p_y ** q * (e_y - p)`` (in the logits) is CE's scaled by ``p_y ** q``, so examples the model finds
+    unlikely (often the mislabeled ones) pull less.
+
+    The paper's truncated loss (``L_q(k)`` below ``p_y = k``) is not offered: its gradient is zero for
+    every example with ``p_y <= k``, all of them at the start of training, so the authors train with
+    plain ``L_q`` first and then prune examples on a schedule (state over the whole training set, not a
+    per-example loss). This is plain ``L_q``, which the authors also report.
+
+    Args:
+        q: in ``(0, 1]``; the paper's default 0.7.
+    """
+
+    name = "gce"
+
+    def __init__(self, class_counts: Tensor | None = None, q: float = 0.7) -> None:
+        if not 0.0 < q <= 1.0:
+            raise ValueError(f"gce q must be in (0, 1], got {q}")
+        self.q = q
+
+    def unweighted(self, logits: Tensor, y: Tensor) -> Tensor:
+        log_py = F.log_softmax(logits, 1).gather(1, y.unsqueeze(1)).squeeze(1)
+        # p_y^q = exp(q log p_y): no underflow to 0 ** q (infinite derivative) when p_y is tiny;
+        # -expm1 keeps 1 - p_y^q accurate when p_y -> 1
+        return -torch.expm1(self.q * log_py) / self.q
+
+    def __repr__(self) -> str:
+        return f"GCELoss(q={self.q})"
+
+
+class SCELoss(PerExampleLoss):
+    """Symmetric cross-entropy (Wang et al., ICCV 2019): ``alpha * CE + beta * RCE``.
+
+    RCE is cross-entropy with prediction and label swapped, ``-sum_k p_k log q_k`` with ``q`` the
+    one-hot label and ``log 0`` clipped to ``A``; as ``log 1 = 0``, ``RCE = -A * (1 - p_y)`` (an MAE).
+    Computed in that closed form. The authors' code clamps ``p`` to ``[1e-7, 1]`` first (a difference
+    of at most ``(C - 1) * 1e-7 * |A|``) and the one-hot to ``[1e-4, 1]``, i.e. ``A = ln(1e-4) = -9.21``
+    rather than the paper's -4; ``A`` only scales ``beta`` (``beta * A`` is what counts).
+
+    Args:
+        alpha: CE weight; beta: RCE weight. Defaults: the paper's CIFAR-10 values (0.1, 1.0), for
+            10-class data like Fashion-MNIST; it used (0.01, 1.0) on MNIST and (6.0, 0.1) on CIFAR-100.
+        A: ``log 0``'s clip, < 0 (the paper: -4).
+    """
+
+    name = "sce"
+
+    def __init__(self, class_counts: Tensor | None = None, alpha: float = 0.1, beta: float = 1.0,
+                 A: float = -4.0) -> None:
+        if alpha < 0 or beta < 0 or alpha + beta == 0:
+            raise ValueError(f"sce alpha and beta must be >= 0 and not both 0, got {alpha} and {beta}")
+        if A >= 0:
+            raise ValueError(f"sce A (log 0 clipped) must be < 0, got {A}")
+        self.alpha, self.beta, self.A = alpha, beta, A
+
+    def unweighted(self, logits: Tensor, y: Tensor) -> Tensor:
+        log_py = F.log_softmax(logits, 1).gather(1, y.unsqueeze(1)).squeeze(1)
+        rce = -self.A * -torch.expm1(log_py)  # -A * (1 - p_y), accurate as p_y -> 1
+        return self.alpha * -log_py + self.beta * rce
+
+    def __repr__(self) -> str:
+        return f"SCELoss(alpha={self.alpha}, beta={self.beta}, A={self.A})"
+
+
 LOSSES: Registry[type[PerExampleLoss]] = Registry("loss function")  # "loss" would read "losss"
 LOSSES.add("ce", CELoss)
 LOSSES.add("focal", FocalLoss)
 LOSSES.add("cb", CBLoss)
 LOSSES.add("ldam", LDAMLoss)
+LOSSES.add("gce", GCELoss)
+LOSSES.add("sce", SCELoss)
 
 
 def build_loss(name: str, class_counts: Tensor, **options) -> PerExampleLoss:
     """A per-example loss by registry name.
 
     Args:
-        name: ``"ce"``, ``"ldam"``, ``"focal"`` or ``"cb"`` (see ``LOSSES.names()``).
+        name: ``"ce"``, ``"ldam"``, ``"focal"``, ``"cb"``, ``"gce"`` or ``"sce"`` (see ``LOSSES.names()``).
         class_counts: ``(C,)`` training examples per class (the margins and weights use them).
-        **options: the loss's own options (``max_m``, ``s``, ``drw_epoch``, ``beta``, ``gamma``, ``base``).
+        **options: the loss's own options (``max_m``, ``s``, ``drw_epoch``, ``beta``, ``gamma``, ``base``;
+            ``q``; ``alpha``, ``beta``, ``A``).
 
     Raises:
         UnknownNameError: unknown ``name``; TypeError: an option the loss does not take.

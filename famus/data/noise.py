@@ -1,4 +1,5 @@
-"""Synthetic and recorded label noise as pure functions of (labels, generator).
+"""Synthetic and recorded label noise as pure functions of (labels, generator), and of the examples'
+inputs for instance-dependent noise.
 
 Every generator returns a :class:`NoiseResult` holding the noisy labels, the corrupted
 mask and the REALISED transition matrix (what actually happened, not the nominal one),
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ DEFAULT_FILE_KEYS = ("worse_label", "noisy_label", "labels")
 
 # Bounds the (chunk, C) probability rows materialised by from_matrix (~128 MB of float64).
 _MATRIX_CHUNK_ELEMENTS = 1 << 24
+# Bounds the (chunk, d) float64 inputs instance noise converts at a time (~128 MB).
+_FEATURE_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass
@@ -166,6 +170,111 @@ def pair(
     targets = _pair_targets(mapping, num_classes).to(labels.device)
     hit = _rand(labels.numel(), generator, labels.device) < rate
     return _result(labels, torch.where(hit, targets[labels], labels), num_classes)
+
+
+def truncated_normal(n: int, mean: float, std: float, low: float, high: float,
+                     generator: torch.Generator) -> Tensor:
+    """``(n,)`` float64 draws of ``N(mean, std^2)`` truncated to ``[low, high]``, by the inverse CDF.
+
+    One uniform per draw from ``generator`` (so the stream advances by ``n`` whatever the values);
+    the same distribution as ``scipy.stats.truncnorm((low - mean) / std, (high - mean) / std, mean, std)``.
+    """
+    lo, hi = (torch.tensor((v - mean) / std, dtype=torch.float64) for v in (low, high))
+    cdf_lo, cdf_hi = torch.special.ndtr(lo), torch.special.ndtr(hi)
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device).cpu()
+    z = torch.special.ndtri(cdf_lo + u * (cdf_hi - cdf_lo))
+    return (mean + std * z).clamp(low, high)  # the clamp only catches rounding at the ends
+
+
+def _unit_rows(x: Tensor) -> Tensor:
+    """Inputs ``(m, ...)`` flattened to ``(m, d)`` float64 on the CPU, scaled to unit L2 norm (zero rows stay 0)."""
+    x = x.reshape(x.shape[0], -1).to(device="cpu", dtype=torch.float64)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+
+
+def instance_probabilities(
+    features: Tensor, labels: Tensor, rate: float, num_classes: int, generator: torch.Generator, std: float = 0.1
+) -> Tensor:
+    """Each example's distribution over its noisy label, ``(N, C)`` float64 rows summing to 1 (Xia et al. 2020).
+
+    The generator of "Part-dependent label noise" (Xia et al., NeurIPS 2020) as its authors' code
+    builds it: a flip rate per example ``q_i ~ N(rate, std^2)`` truncated to ``[0, 1]``; a random
+    projection ``W ~ N(0, 1)`` of shape ``(C, d, C)``; row ``i`` is ``q_i * softmax(x_i W[y_i])`` with the
+    true class's score set to ``-inf``, plus ``1 - q_i`` on the true class. ``x_i`` is example ``i``'s input
+    flattened (``d`` values) and scaled to unit L2 norm (scale-free: uint8 pixels or their ``/255`` give the
+    same rows), so the scores ``x_i W[y_i]`` are ``N(0, 1)`` and the wrong class is a soft, example-specific
+    choice rather than a near-deterministic argmax.
+
+    ``rate = 0`` gives ``q_i = 0`` (no noise): the truncated normal around 0 would still flip about 8%.
+    Elsewhere the mean flip rate is ``E[q_i]``, which is ``rate`` up to 0.001 for rates in ``[0.3, 0.7]``
+    and pulled towards 0.5 near the ends by the truncation (0.2 gives 0.205, 0.1 gives 0.129).
+
+    Random numbers, in order: ``N`` uniforms for the ``q_i`` (in example order), then ``W[c]`` ``(d, C)``
+    for each class ``c`` in turn. Computed class by class in chunks of rows, so memory stays at
+    ``O(d * C)`` plus a chunk, never ``C * d * C`` per example.
+
+    Args:
+        features: ``(N, ...)`` the examples' inputs (uint8 images or float features), on any device.
+        labels: int ``(N,)`` clean labels in ``[0, C)``.
+        rate: the mean of the flip rate's normal, in ``[0, 1]``.
+        num_classes: C >= 2.
+        generator: seeded ``torch.Generator``.
+        std: the flip rate's standard deviation (the authors' 0.1), > 0.
+    """
+    _check_rate(rate)
+    labels = _labels(labels, num_classes)
+    if num_classes < 2:
+        raise ValueError("instance noise needs num_classes >= 2 (a wrong class to flip to)")
+    if not std > 0:
+        raise ValueError(f"instance noise std must be > 0, got {std}")
+    n = labels.numel()
+    if features.shape[0] != n or features.dim() < 2:
+        raise ValueError(f"instance noise needs one input per label: features of shape (N, ...) with N = {n}, "
+                         f"got {tuple(features.shape)}")
+    q = truncated_normal(n, rate, std, 0.0, 1.0, generator) if rate > 0 else torch.zeros(n, dtype=torch.float64)
+    d = features[0].numel()
+    y = labels.cpu()
+    probs = torch.empty(n, num_classes, dtype=torch.float64)
+    chunk = max(1, _FEATURE_CHUNK_ELEMENTS // max(d, 1))
+    for c in range(num_classes):  # one projection W[c] (d, C) per class: C matrix products, no per-example loop
+        w_c = torch.randn(d, num_classes, generator=generator, dtype=torch.float64, device=generator.device).cpu()
+        rows = (y == c).nonzero().squeeze(1)
+        for start in range(0, rows.numel(), chunk):
+            idx = rows[start : start + chunk]
+            scores = _unit_rows(features[idx.to(features.device)]) @ w_c  # (m, C)
+            scores[:, c] = -math.inf
+            p = q[idx, None] * torch.softmax(scores, 1)
+            p[:, c] = 1.0 - q[idx]
+            probs[idx] = p
+    return probs
+
+
+def instance(
+    labels: Tensor,
+    rate: float,
+    num_classes: int,
+    generator: torch.Generator,
+    features: Tensor | None = None,
+    std: float = 0.1,
+) -> NoiseResult:
+    """Instance-dependent noise (Xia et al. 2020): each label drawn from :func:`instance_probabilities`.
+
+    The flip rate and the wrong class depend on the example's input ``features`` ``(N, ...)``; the
+    realised rate is near ``rate`` (see :func:`instance_probabilities`). Random numbers: those of
+    :func:`instance_probabilities`, then one categorical draw per example (``torch.multinomial``).
+
+    Returns:
+        :class:`NoiseResult`, labels on ``labels.device``.
+    """
+    if features is None:
+        raise ValueError("noise 'instance' depends on each example's input: pass features=<(N, ...) training inputs>")
+    probs = instance_probabilities(features, labels, rate, num_classes, generator, std).to(generator.device)
+    chunk = max(1, _MATRIX_CHUNK_ELEMENTS // num_classes)
+    parts = [torch.multinomial(probs[i : i + chunk], 1, generator=generator).squeeze(1)
+             for i in range(0, probs.shape[0], chunk)]
+    noisy = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long, device=generator.device)
+    clean = _labels(labels, num_classes)
+    return _result(clean, noisy.to(clean.device), num_classes)
 
 
 def check_transition_matrix(matrix: Tensor | np.ndarray | Sequence[Sequence[float]]) -> Tensor:
@@ -355,7 +464,8 @@ def from_file(
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry: every entry has the signature (labels, rate, num_classes, generator, **options).
+# Registry: every entry has the signature (labels, rate, num_classes, generator, **options); an entry that
+# depends on the examples' inputs also takes ``features`` (passed by apply_noise, not an option).
 
 NOISE: Registry[Callable[..., NoiseResult]] = Registry("noise")
 
@@ -368,6 +478,7 @@ def _none(labels: Tensor, rate: float, num_classes: int, generator: torch.Genera
 
 NOISE.add("symmetric", symmetric)
 NOISE.add("pair", pair)
+NOISE.add("instance", instance)
 
 
 @NOISE.register("asymmetric")
@@ -405,18 +516,26 @@ def _file(
 
 
 def apply_noise(
-    name: str, labels: Tensor, rate: float, num_classes: int, generator: torch.Generator, **options: Any
+    name: str,
+    labels: Tensor,
+    rate: float,
+    num_classes: int,
+    generator: torch.Generator,
+    features: Tensor | None = None,
+    **options: Any,
 ) -> NoiseResult:
     """Apply the registered noise ``name`` (see ``NOISE.names()``).
 
     Args:
         name: ``none``, ``symmetric``, ``pair``, ``asymmetric`` (pair with the CIFAR-10 map),
-            ``matrix`` (option ``matrix=``; rate ignored) or ``file`` (options ``path=``,
-            ``key=``, ``indices=``; rate ignored).
+            ``instance`` (instance-dependent, needs ``features``; option ``std=``), ``matrix`` (option
+            ``matrix=``; rate ignored) or ``file`` (options ``path=``, ``key=``, ``indices=``; rate ignored).
         labels: int (N,) clean labels.
         rate: noise rate in ``[0, 1]``.
         num_classes: C.
         generator: seeded ``torch.Generator``.
+        features: ``(N, ...)`` the examples' inputs, for noise that depends on them (``instance``);
+            the other noises ignore it (their labels are the same with or without it).
         **options: noise-specific options (e.g. ``include_true`` for symmetric, ``mapping`` for pair).
 
     Returns:
@@ -424,13 +543,16 @@ def apply_noise(
     """
     fn = NOISE.get(name)
     _check_rate(rate)
-    valid = [p for p in inspect.signature(fn).parameters][4:]
+    params = list(inspect.signature(fn).parameters)
+    valid = [p for p in params[4:] if p != "features"]
     unknown = [k for k in options if k not in valid]
     if unknown:
         raise ValueError(
             f"noise {name!r} got unknown option(s) {', '.join(unknown)}; "
             f"valid options: {', '.join(valid) or 'none'}"
         )
+    if "features" in params:
+        options["features"] = features
     return fn(labels, rate, num_classes, generator, **options)
 
 

@@ -338,7 +338,7 @@ def _union_args(hint: Any) -> tuple[Any, ...]:
     return typing.get_args(hint) if _is_union(hint) else (hint,)
 
 
-RATE_NOISES = ("symmetric", "pair", "asymmetric")  # the noises drawn at a rate
+RATE_NOISES = ("symmetric", "pair", "asymmetric", "instance")  # the noises drawn at a rate
 
 
 def _key(k: str) -> str:

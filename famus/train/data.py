@@ -155,8 +155,8 @@ def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> RunDat
         # head size = the smallest class, so every class can supply its quota (balanced sets: all equal)
         n_max = int(torch.bincount(labels[idx], minlength=ds.num_classes).min())
         idx = idx[longtail_indices(labels[idx], cfg.imbalance, gen, n_max=n_max, num_classes=ds.num_classes)]
-    clean = labels[idx]
-    noise = apply_noise(cfg.noise, clean, cfg.noise_rate or 0.0, ds.num_classes, gen,
+    clean, train_x = labels[idx], ds.train_x[idx]
+    noise = apply_noise(cfg.noise, clean, cfg.noise_rate or 0.0, ds.num_classes, gen, features=train_x,
                         **_noise_options(cfg, idx, labels.numel()))
     val_x, val_y, keep, val_source = _validation(cfg, ds, meta_x, meta_y, gen)
     meta_x, meta_y, meta_idx = meta_x[keep], meta_y[keep], meta_idx[keep]
@@ -166,7 +166,7 @@ def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> RunDat
     else:
         augmenter = Augmenter(ds.mean, ds.std, features=ds.is_features)
     return RunData(
-        train_x=ds.train_x[idx].to(dev),
+        train_x=train_x.to(dev),
         train_y=noise.labels.to(dev),
         clean_y=clean.to(dev),
         corrupted=noise.corrupted.to(dev),

@@ -20,6 +20,7 @@ from famus.data import (
     save_noisy_labels,
     symmetric,
 )
+from famus.data.noise import instance, instance_probabilities, truncated_normal
 from famus.registry import UnknownNameError
 
 N = 20_000
@@ -163,9 +164,9 @@ def test_unknown_noise_name_lists_valid_names(clean):
     with pytest.raises(UnknownNameError) as info:
         apply_noise("gaussian", clean, 0.2, C, gen())
     message = str(info.value)
-    for name in ("none", "symmetric", "pair", "asymmetric", "matrix", "file"):
+    for name in ("none", "symmetric", "pair", "asymmetric", "instance", "matrix", "file"):
         assert name in message
-    assert set(NOISE.names()) == {"none", "symmetric", "pair", "asymmetric", "matrix", "file"}
+    assert set(NOISE.names()) == {"none", "symmetric", "pair", "asymmetric", "instance", "matrix", "file"}
 
 
 def test_unknown_option_rejected(clean):
@@ -278,3 +279,125 @@ def test_load_noisy_labels_rejects_other_files(tmp_path):
     torch.save({"labels": torch.zeros(3)}, tmp_path / "x.pt")
     with pytest.raises(DataError, match="not a famus noisy-label file"):
         load_noisy_labels(tmp_path / "x.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Instance-dependent noise (Xia et al. 2020)
+
+N_INST = 10_000
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[torch.Tensor, torch.Tensor]:
+    """``N_INST`` random uint8 28x28 "images" and their labels."""
+    g = gen(321)
+    x = torch.randint(0, 256, (N_INST, 1, 28, 28), generator=g, dtype=torch.uint8)
+    return x, torch.randint(0, C, (N_INST,), generator=g)
+
+
+def test_truncated_normal_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    draws = truncated_normal(50_000, 0.2, 0.1, 0.0, 1.0, gen(1))
+    assert draws.dtype == torch.float64 and float(draws.min()) >= 0.0 and float(draws.max()) <= 1.0
+    reference = stats.truncnorm(-2.0, 8.0, loc=0.2, scale=0.1)
+    assert stats.kstest(draws.numpy(), reference.cdf).pvalue > 1e-3
+    assert float(draws.mean()) == pytest.approx(reference.mean(), abs=0.002)
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.4, 0.6])
+def test_instance_noise_realised_rate_and_transition(images, rate):
+    x, clean = images
+    result = apply_noise("instance", clean, rate, C, gen(2), features=x)
+    assert_valid_result(result, clean, C)
+    assert abs(result.rate - rate) < 0.03, result.rate
+    # every class keeps about 1 - rate of its labels (1000 examples a class: sd about 0.016 + the q spread)
+    assert torch.allclose(result.transition.diag(), torch.full((C,), 1 - rate, dtype=torch.float64), atol=0.06)
+
+
+def test_instance_probabilities_follow_the_generator(images):
+    x, clean = images
+    probs = instance_probabilities(x, clean, 0.4, C, gen(3))
+    assert probs.shape == (N_INST, C) and probs.dtype == torch.float64
+    torch.testing.assert_close(probs.sum(1), torch.ones(N_INST, dtype=torch.float64))
+    keep = probs[torch.arange(N_INST), clean]  # 1 - q_i
+    flip = 1 - keep
+    # the flip rate differs by example: q_i ~ N(0.4, 0.1^2) truncated to [0, 1]
+    assert 0.08 < float(flip.std()) < 0.12 and abs(float(flip.mean()) - 0.4) < 0.01
+    assert float(flip.min()) >= 0 and float(flip.max()) <= 1
+    # rebuilt by hand from the documented random stream: q from N uniforms, then W[c] (d, C) per class
+    g = gen(3)
+    q = truncated_normal(N_INST, 0.4, 0.1, 0.0, 1.0, g)
+    w = torch.stack([torch.randn(784, C, generator=g, dtype=torch.float64) for _ in range(C)])
+    flat = x.reshape(N_INST, -1).double() / 255
+    unit = flat / flat.norm(dim=1, keepdim=True)
+    for i in (0, 1, 2, 4321, N_INST - 1):
+        scores = unit[i] @ w[clean[i]]
+        scores[clean[i]] = -math.inf
+        row = q[i] * torch.softmax(scores, 0)
+        row[clean[i]] = 1 - q[i]
+        torch.testing.assert_close(probs[i], row)
+
+
+def test_instance_noise_depends_on_the_example(images):
+    x, clean = images
+    # the same labels with other inputs: other noisy labels (same seed)
+    a = apply_noise("instance", clean, 0.4, C, gen(4), features=x)
+    b = apply_noise("instance", clean, 0.4, C, gen(4), features=255 - x)
+    assert not torch.equal(a.labels, b.labels)
+    # the wrong class depends on x: two examples of one class, one wrong-class distribution each
+    probs = instance_probabilities(x, clean, 0.4, C, gen(5))
+    same = (clean == 0).nonzero().squeeze(1)[:2]
+    wrong = probs[same][:, 1:] / probs[same][:, 1:].sum(1, keepdim=True)
+    assert (wrong[0] - wrong[1]).abs().sum() > 0.1
+    # and only on x: a repeated input with its label gets the same row wherever it sits
+    x2, y2 = x.clone(), clean.clone()
+    x2[7], y2[7] = x2[3], y2[3]
+    p2 = instance_probabilities(x2, y2, 0.4, C, gen(5))
+    wrong2 = p2[[3, 7]][:, torch.arange(C) != y2[3]]
+    torch.testing.assert_close(wrong2[0] / wrong2[0].sum(), wrong2[1] / wrong2[1].sum())
+    # the scale of the inputs does not matter (x is L2-normalised): pixels or pixels / 255
+    torch.testing.assert_close(instance_probabilities(x.double() / 255, clean, 0.4, C, gen(5)), probs)
+
+
+def test_instance_noise_is_seeded_and_in_range(images):
+    x, clean = images
+    a = instance(clean, 0.5, C, gen(6), features=x)
+    b = instance(clean, 0.5, C, gen(6), features=x)
+    c = instance(clean, 0.5, C, gen(7), features=x)
+    assert torch.equal(a.labels, b.labels) and not torch.equal(a.labels, c.labels)
+    assert int(a.labels.min()) >= 0 and int(a.labels.max()) < C
+    # rate 0 flips nothing; rate 1 flips the mean of N(1, 0.1^2) truncated to [0, 1] (about 0.92)
+    assert not instance(clean, 0.0, C, gen(8), features=x).corrupted.any()
+    assert abs(instance(clean, 1.0, C, gen(9), features=x).rate - 0.92) < 0.02
+
+
+def test_instance_noise_saved_like_every_other(tmp_path, images):
+    x, clean = images
+    result = apply_noise("instance", clean, 0.4, C, gen(10), features=x)
+    save_noisy_labels(tmp_path / "n.pt", clean, result)
+    loaded_clean, loaded = load_noisy_labels(tmp_path / "n.pt")
+    assert torch.equal(loaded_clean, clean) and torch.equal(loaded.labels, result.labels)
+    torch.testing.assert_close(loaded.transition, result.transition)
+
+
+def test_instance_noise_errors(images):
+    x, clean = images
+    with pytest.raises(ValueError, match="pass features="):
+        apply_noise("instance", clean, 0.4, C, gen())
+    with pytest.raises(ValueError, match="one input per label"):
+        apply_noise("instance", clean, 0.4, C, gen(), features=x[:10])
+    with pytest.raises(ValueError, match="std must be > 0"):
+        apply_noise("instance", clean, 0.4, C, gen(), features=x, std=0.0)
+    with pytest.raises(ValueError, match="valid options: std"):
+        apply_noise("instance", clean, 0.4, C, gen(), features=x, mapping="next")
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        apply_noise("instance", torch.zeros(3, dtype=torch.long), 0.4, 1, gen(), features=x[:3])
+
+
+@pytest.mark.parametrize("name", ["none", "symmetric", "pair", "asymmetric"])
+def test_features_leave_the_other_noises_unchanged(clean, name):
+    """Passing the inputs (as training does for every noise) changes no label of the class-conditional noises."""
+    x = torch.randint(0, 256, (N, 3), generator=gen(11), dtype=torch.uint8)
+    a = apply_noise(name, clean, 0.4 if name != "none" else 0.0, C, gen(12))
+    b = apply_noise(name, clean, 0.4 if name != "none" else 0.0, C, gen(12), features=x)
+    assert torch.equal(a.labels, b.labels)
