@@ -20,7 +20,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", str, "folder (or file) of the dataset"),
     ("--noise", "noise", str,
      "label noise to inject: none (default), symmetric, pair, asymmetric, instance, matrix, file"),
-    ("--noise-rate", "noise_rate", float, "noise rate R in [0, 1] (symmetric, pair, asymmetric)"),
+    ("--noise-rate", "noise_rate", float, "noise rate R in [0, 1] (symmetric, pair, asymmetric, instance)"),
     ("--imbalance", "imbalance", float, "long-tail imbalance factor IF (1 = balanced)"),
     ("--meta-per-class", "meta_per_class", int, "clean meta examples per class k, held out of training"),
     ("--meta-data", "meta_data", str, "the trusted meta set from a folder or file (then none is drawn from training)"),
@@ -29,7 +29,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--train-subset", "train_subset", int, "keep this many training examples (stratified)"),
     ("--model", "model", str, "model name, or package.module:function"),
     ("--method", "method", str, "erm, l2r, mwnet or mlc"),
-    ("--loss", "loss", str, "training loss: ce, ldam, focal or cb (options: --set loss_options.KEY=VALUE)"),
+    ("--loss", "loss", str, "training loss: ce, gce, sce, ldam, focal or cb (options: --set loss_options.KEY=VALUE)"),
     ("--meta-grad", "meta_grad", str, "meta-gradient engine (auto: the default, exact or fd, the faster; exact, fd, "
                                       "famus, jvp, block, ...; +lagged)"),
     ("--meta-every", "meta_every", int, "after the dense phase, update the meta model every k-th step (the others: "

@@ -34,7 +34,7 @@ class TrainConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     train_subset: int | None = None  # keep this many training examples (stratified), before the meta split
     # label noise injected into the training labels: none (the labels as given), symmetric, pair, asymmetric,
-    # matrix, file; symmetric, pair and asymmetric need noise_rate
+    # instance (instance-dependent, Xia et al. 2020), matrix, file; all but matrix and file need noise_rate
     noise: str = "none"
     noise_rate: float | None = None
     noise_options: dict[str, Any] = field(default_factory=dict)  # include_true, mapping, matrix, path, key
@@ -66,10 +66,11 @@ class TrainConfig:
     # the first steps train without meta updates, uniformly weighted; None: min(25, a quarter of an epoch)
     meta_warmup: int | None = None
     meta_batch_size: int | None = None  # default: batch_size
-    # training loss (famus.losses): ce, ldam, focal, cb; per-class terms use the training label counts.
+    # training loss (famus.losses): ce, gce, sce (robust to noise), ldam, focal, cb (long tail); per-class terms
+    # use the training label counts.
     # erm, l2r and mwnet train on it (MW-Net's meta model sees it); the meta loss stays cross-entropy.
     loss: str = "ce"
-    loss_options: dict[str, Any] = field(default_factory=dict)  # max_m, s, drw_epoch, beta, gamma, base
+    loss_options: dict[str, Any] = field(default_factory=dict)  # q; alpha, beta, A; max_m, s, drw_epoch, gamma
     # optimisation
     epochs: int = 10
     batch_size: int = 100
@@ -180,7 +181,7 @@ class TrainConfig:
             raise ValueError(f"--noise {self.noise} needs a rate: pass --noise-rate R (e.g. 0.4)")
         if self.noise == "none" and rate:
             raise ValueError(f"--noise-rate {rate} given but no noise is injected (--noise none, the default); "
-                             "pass --noise symmetric (or pair, asymmetric) to inject it")
+                             "pass --noise symmetric (or pair, asymmetric, instance) to inject it")
 
     def _validate_data(self) -> None:
         """The trusted and validation sets and the augmentation options."""
