@@ -41,7 +41,9 @@ class TrainConfig:
     imbalance: float = 1.0  # long-tail imbalance factor IF (1 = balanced)
     meta_per_class: int = 100  # clean meta examples per class, held out of training (unless meta_data)
     meta_data: str | None = None  # the trusted set from its own folder/file (then none is drawn from training)
-    val_per_class: int = 0  # validation examples per class held out of the trusted set (model selection)
+    # validation examples per class (model selection), held out of the trusted set; with no trusted set
+    # (meta_per_class 0, --meta-set pseudo) out of the noisy training data, with their noisy labels
+    val_per_class: int = 0
     meta_set: str = "clean"  # clean (held-out trusted examples) or pseudo (GMM-selected, no clean labels)
     pseudo_options: dict[str, Any] = field(default_factory=dict)  # PseudoOptions keys; typed: cfg.pseudo()
     augment: bool = True
@@ -189,9 +191,9 @@ class TrainConfig:
             raise ValueError(f"meta_per_class must be >= 0, got {self.meta_per_class}")
         if self.val_per_class < 0:
             raise ValueError(f"val_per_class must be >= 0, got {self.val_per_class}")
-        if self.meta_set == "pseudo" and (self.meta_data or self.val_per_class):
-            raise ValueError("--meta-set pseudo uses no trusted labels: drop --meta-data and --val-per-class "
-                             "(validation can come from a val/ folder)")
+        if self.meta_set == "pseudo" and self.meta_data:
+            raise ValueError("--meta-set pseudo uses no trusted labels: drop --meta-data (validation can come from "
+                             "a val/ folder, or --val-per-class k out of the noisy training data)")
         unknown = set(self.augment_options) - {"flip", "crop", "padding"}
         if unknown:
             raise ValueError(f"unknown augment_options {sorted(unknown)}; valid: crop, flip, padding")

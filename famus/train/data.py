@@ -17,7 +17,7 @@ from famus.data import (
     longtail_indices,
     meta_split,
 )
-from famus.data.noise import read_label_file
+from famus.data.noise import read_label_file, realised_transition
 from famus.data.split import stratified_split
 from famus.models import MODELS
 from famus.train.config import RATE_NOISES, TrainConfig
@@ -133,7 +133,8 @@ def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> RunDat
     Order: optional stratified subset; the trusted meta set (``--meta-data``, or ``meta_per_class`` per class
     held out of training by their given labels); long-tail subsampling of the rest (imbalance ``IF``); label
     noise on the training part only (none unless asked for); last, the validation set: the data's ``val/``
-    split, or ``val_per_class`` per class held out of the trusted set (so it never changes the noisy labels).
+    split, or ``val_per_class`` per class held out of the trusted set (so it never changes the noisy labels),
+    or, with no trusted set at all, out of the noisy training data after the noise (noisy labels).
     """
     ds = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
     _check_model(cfg, ds)
@@ -158,8 +159,17 @@ def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> RunDat
     clean, train_x = labels[idx], ds.train_x[idx]
     noise = apply_noise(cfg.noise, clean, cfg.noise_rate or 0.0, ds.num_classes, gen, features=train_x,
                         **_noise_options(cfg, idx, labels.numel()))
-    val_x, val_y, keep, val_source = _validation(cfg, ds, meta_x, meta_y, gen)
-    meta_x, meta_y, meta_idx = meta_x[keep], meta_y[keep], meta_idx[keep]
+    if _noisy_validation(cfg, ds, meta_y):  # no trusted set: validation is a held-out split of the noisy data
+        held, val_rel = meta_split(noise.labels, cfg.val_per_class, gen, ds.num_classes)
+        val_x, val_y = train_x[val_rel], noise.labels[val_rel]
+        val_source = (f"{cfg.val_per_class} per class held out of the noisy training data ({val_rel.numel()} "
+                      "examples, noisy labels: no trusted set)")
+        idx, clean, train_x = idx[held], clean[held], train_x[held]
+        noise = NoiseResult(noise.labels[held], noise.corrupted[held],
+                            realised_transition(clean, noise.labels[held], ds.num_classes))
+    else:
+        val_x, val_y, keep, val_source = _validation(cfg, ds, meta_x, meta_y, gen)
+        meta_x, meta_y, meta_idx = meta_x[keep], meta_y[keep], meta_idx[keep]
     dev = torch.device(device)
     if cfg.augment:
         augmenter = Augmenter.for_dataset(ds, **cfg.augment_options)
@@ -205,6 +215,17 @@ def _noise_options(cfg: TrainConfig, idx: Tensor, dataset_size: int) -> dict:
         if read_label_file(noise_options["path"], noise_options.get("key")).numel() == dataset_size:
             noise_options["indices"] = idx
     return noise_options
+
+
+def _noisy_validation(cfg: TrainConfig, ds: Dataset, meta_y: Tensor) -> bool:
+    """Whether ``val_per_class`` comes out of the noisy training data: there is no trusted set to take it from
+    (no ``--meta-data``, ``meta_per_class`` 0 or ``--meta-set pseudo``) and the data has no ``val/`` split.
+
+    A user without clean labels selects the model on a held-out part of the noisy data (as the paper does
+    for web data); its labels carry the same noise, so the selection is on noisy validation accuracy.
+    """
+    has_val_split = ds.val_y is not None and ds.val_y.numel() > 0
+    return bool(cfg.val_per_class) and not has_val_split and not cfg.meta_data and meta_y.numel() == 0
 
 
 def _validation(cfg: TrainConfig, ds: Dataset, meta_x: Tensor, meta_y: Tensor, gen: torch.Generator):
