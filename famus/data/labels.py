@@ -105,8 +105,9 @@ def map_labels(
     """int64 ``(N,)`` class indices of label tokens.
 
     A token that is one of ``class_names`` maps to its position; otherwise an integer token maps to
-    itself, if below ``num_classes`` (``None``: integers are refused). Anything else is a :class:`DataError` that names the
-    token, where it is (``where(i)``, e.g. ``"line 4 of train.txt"``) and the valid classes.
+    itself, if below ``num_classes`` (``None``: integers are refused). Anything else is a
+    :class:`DataError` that names the token, where it is (``where(i)``, e.g. ``"line 4 of train.txt"``)
+    and the valid classes.
     """
     lookup = {name: i for i, name in enumerate(class_names or [])}
     out = torch.empty(len(tokens), dtype=torch.long)
