@@ -38,7 +38,7 @@ from famus.data.datasets import DATASETS, Dataset, _finish
 from famus.data.errors import DataError, check_regular_file, shown
 from famus.data.images import convert_channels
 from famus.data.labels import check_num_classes, class_names_of, infer_num_classes, map_label_array
-from famus.data.memory import GIB, memory_budget
+from famus.data.memory import memory_budget, size_text
 
 X_KEYS = ("x", "images", "features", "data", "X")
 Y_KEYS = ("y", "labels", "targets", "Y")
@@ -73,7 +73,7 @@ def _check_header(f: Any, where: str) -> None:
     need = math.prod(shape) * dtype.itemsize
     budget = memory_budget()
     if budget is not None and need > budget.bytes:
-        raise DataError(f"{where} holds an array of shape {shape} ({dtype}), {need / GIB:.1f} GiB: more than "
+        raise DataError(f"{where} holds an array of shape {shape} ({dtype}), {size_text(need)}: more than "
                         f"{budget.why}; use a smaller dataset")
 
 

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from famus.data.errors import DataError, check_regular_file, shown
-from famus.data.memory import GIB, memory_budget
+from famus.data.memory import Budget, memory_budget, size_text
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # Pillow modes with one channel of intensity (alpha, if any, is dropped)
@@ -47,10 +47,18 @@ def is_image_file(path: Path) -> bool:
 
 
 def _pool_map(fn: Callable[[int], T], n: int, workers: int) -> list[T]:
-    """``[fn(i) for i in range(n)]`` on threads; the first exception cancels the queued work and is raised."""
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    """``[fn(i) for i in range(n)]`` on threads (one worker: in this thread); the first exception cancels the
+    queued work and is raised."""
+    if workers <= 1 or n <= 1:
+        return [fn(i) for i in range(n)]
+    pool = ThreadPoolExecutor(max_workers=workers)
     try:
         return list(pool.map(fn, range(n)))
+    except RuntimeError as e:
+        if "can't start new thread" not in str(e):
+            raise
+        raise DataError(f"cannot start {workers} decoding threads (out of memory or address space); pass "
+                        "dataset_options.workers=1") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -166,11 +174,12 @@ def check_memory(probes: Sequence[tuple[str, tuple[int, int]]], files: Sequence[
     if need + peaks[big] > budget.bytes:
         (bh, bw) = probes[big][1]
         raise DataError(
-            f"{what}: {n} images of {channels}x{size[0]}x{size[1]} need {need / GIB:.1f} GiB as uint8, plus "
-            f"{peaks[big] / GIB:.1f} GiB to decode the largest ({shown(files[big])}, {bw}x{bh}): more than "
+            f"{what}: {n} images of {channels}x{size[0]}x{size[1]} need {size_text(need)} as uint8, plus "
+            f"{size_text(peaks[big])} to decode the largest ({shown(files[big])}, {bw}x{bh}): more than "
             f"{budget.why}; pass a smaller dataset_options.image_size, fewer images, or shrink the largest ones"
         )
-    return max(1, min(workers, (budget.bytes - need) // peaks[big]))
+    left = Budget(budget.bytes - need, budget.why, budget.per_thread)
+    return left.threads(workers, peaks[big])
 
 
 def decode(file: Path, size: tuple[int, int], channels: int, where: str = "") -> np.ndarray:
@@ -264,8 +273,9 @@ def load_image_splits(
     max_pixels = check_max_pixels(max_pixels)
     files = [f for fs, _ in splits.values() for f in fs]
     wheres = [w for _, ws in splits.values() for w in ws]
-    with pillow_limit(max_pixels):
-        probes = probe_all(files, wheres, workers, max_pixels)
+    budget = memory_budget()
+    with pillow_limit(max_pixels):  # the header pass: a few KB per thread (but its stack, where that counts)
+        probes = probe_all(files, wheres, budget.threads(workers, 2**20) if budget else workers, max_pixels)
         c, size = resolve_format(probes, channels, image_size)
         workers = check_memory(probes, files, c, size, what, workers)
         return {name: decode_all(fs, ws, c, size, workers) for name, (fs, ws) in splits.items()}
