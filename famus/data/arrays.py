@@ -91,7 +91,7 @@ def _load(path: Path) -> Any:
 def _member(npz: Any, key: str, path: Path) -> np.ndarray:
     """``npz[key]``, its header checked against the memory budget first."""
     try:
-        with npz.zip.open(f"{key}.npy") as f:
+        with npz.zip.open(key if key in npz.zip.namelist() else f"{key}.npy") as f:
             _check_header(f, f"{shown(path)} [{key}]")
         return npz[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:

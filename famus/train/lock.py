@@ -74,6 +74,11 @@ class RunLock:
                 _remove_empty(created)
                 raise RunFolderLocked(f"--out {str(run_dir)!r} is in use by another famus process ({holder}); wait "
                                       "for it to end, or choose another --out") from None
+            except OSError as e:  # e.g. a file system without locks
+                os.close(fd)
+                _remove_empty(created)
+                raise OSError(e.errno, f"cannot lock --out {str(run_dir)!r} ({e.strerror}); famus locks its run "
+                                       "folder (flock): choose an --out on a local or NFS file system") from None
             except BaseException:
                 os.close(fd)
                 raise
