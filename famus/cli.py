@@ -120,14 +120,27 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _resume_base(args: argparse.Namespace):
-    """With ``--resume``, the config in the run folder (``--out``, else the config file's ``out``), if any."""
+    """With ``--resume``, the config in the run folder (``--out``, else the config file's ``out``), if any.
+
+    A folder that holds no run yet (missing, empty, or killed before its ``config.yaml``) is started only with
+    the run's settings: a ``--config``, or a flag or ``--set`` beyond where, how long and how it runs (not only
+    ``--out``, ``--epochs``, ``--threads``, ``--device``, logging); else nothing says what to train: refused.
+    """
     if not args.resume:
         return None
     from famus.train.config import TrainConfig, load_config
-    from famus.train.resume import run_config
+    from famus.train.resume import SAFE_ON_RESUME, run_config
 
     out = args.out or (load_config(args.config).out if args.config else TrainConfig().out)
-    return run_config(out)
+    saved = run_config(out)
+    given = [key for _f, key, _t, _h in TRAIN_FLAGS if getattr(args, key) is not None]
+    given += [item.split("=", 1)[0].replace("-", "_").split(".")[0] for item in args.set]
+    # epochs too: "--resume --epochs 20" in the wrong folder would otherwise start a default run there
+    if saved is None and not args.config and all(key in SAFE_ON_RESUME or key == "epochs" for key in given):
+        raise CLIError(f"--resume: {out!r} holds no run yet (no config.yaml), so nothing says what to train; pass "
+                       "the run's settings (--config FILE, or the flags it was started with) to start it there, or "
+                       "drop --resume")
+    return saved
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ DEFAULT_STEPS = (150, 300, 450)
 # compare may clear it to start over
 RUN_FILES = {"config.yaml", "run.json", "noisy_labels.pt", "split.pt", "metrics.jsonl", "metrics.csv",
              "tracking.jsonl", "model_best.pt", "classes.json", "example_scores.csv", "summary.json", "diverged.txt"}
+RUN_FILES.add(".famus.lock")  # the lock file a killed run leaves (famus.train.lock): it locks nothing then
 # a run that stopped because its loss became NaN or inf is a result (the method diverged in this
 # setting), not a failure to rerun: compare marks its folder with this file and counts it apart
 DIVERGED = "diverged.txt"

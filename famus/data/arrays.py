@@ -7,7 +7,10 @@ Examples:
 * feature vectors: numeric ``(N, D)``, held as float32 ``(N, D, 1, 1)`` (use ``--model mlp``).
 
 Labels: 1-D integer indices or class names (strings; indices in sorted order of the names, or the
-order of ``classes``). Arrays are read with ``allow_pickle=False``: object arrays are refused.
+order of ``classes``). Integer labels give ``max + 1`` classes when every class below the maximum
+occurs; sparse ones need ``num_classes``. Arrays are read with ``allow_pickle=False``: object arrays
+are refused, and so is an array whose header asks for more than the memory budget
+(:func:`famus.data.memory.memory_budget`), before it is read. NaN or inf features are refused.
 
 Where the splits come from (``--data-dir PATH``, or the ``train``/``val``/``test`` options, each
 an ``.npz`` file or an ``X.npy,Y.npy`` pair, relative to ``--data-dir``):
@@ -21,6 +24,7 @@ an ``.npz`` file or an ``X.npy,Y.npy`` pair, relative to ``--data-dir``):
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +35,10 @@ import torch
 from torch import Tensor
 
 from famus.data.datasets import DATASETS, Dataset, _finish
-from famus.data.errors import DataError
+from famus.data.errors import DataError, check_regular_file, shown
 from famus.data.images import convert_channels
-from famus.data.labels import class_names_of, map_label_array
+from famus.data.labels import check_num_classes, class_names_of, infer_num_classes, map_label_array
+from famus.data.memory import memory_budget, size_text
 
 X_KEYS = ("x", "images", "features", "data", "X")
 Y_KEYS = ("y", "labels", "targets", "Y")
@@ -50,15 +55,47 @@ class ArraySource:
     where: str
 
 
-def _load(path: Path) -> Any:
-    if not path.is_file():
-        raise DataError(f"array file {path} not found; check --data-dir and the file name")
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    detail = shown(" ".join(str(exc).split()), 200)
+    return DataError(f"{shown(path)} is not a readable .npy/.npz file of plain arrays ({detail}); re-save it with "
+                     "numpy.savez (no object arrays)")
+
+
+def _check_header(f: Any, where: str) -> None:
+    """Refuse an ``.npy`` stream whose header asks for more bytes than the memory budget, before reading it."""
     try:
+        version = np.lib.format.read_magic(f)
+        shape, _fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                  else np.lib.format.read_array_header_2_0(f))
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise DataError(f"{where} is not a readable .npy array ({shown(str(exc), 200)}); re-save it with numpy.savez"
+                        ) from None
+    need = math.prod(shape) * dtype.itemsize
+    budget = memory_budget()
+    if budget is not None and need > budget.bytes:
+        raise DataError(f"{where} holds an array of shape {shape} ({dtype}), {size_text(need)}: more than "
+                        f"{budget.why}; use a smaller dataset")
+
+
+def _load(path: Path) -> Any:
+    check_regular_file(path, "array file", "check --data-dir and the file name")
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                _check_header(f, shown(path))
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        detail = " ".join(str(exc).split())
-        raise DataError(f"{path} is not a readable .npy/.npz file of plain arrays ({detail}); re-save it with "
-                        "numpy.savez (no object arrays)") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _member(npz: Any, key: str, path: Path) -> np.ndarray:
+    """``npz[key]``, its header checked against the memory budget first."""
+    try:
+        with npz.zip.open(key if key in npz.zip.namelist() else f"{key}.npy") as f:
+            _check_header(f, f"{shown(path)} [{key}]")
+        return npz[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise _unreadable(path, exc) from exc
 
 
 def _pick(keys: list[str], names: tuple[str, ...], split: str | None) -> str | None:
@@ -77,12 +114,9 @@ def from_npz(path: Path, split: str | None) -> ArraySource | None:
         if kx is None or ky is None:
             return None
         kn = next((k for k in NAME_KEYS if k in keys), None)
-        try:  # arrays are read here: an object array is refused now (allow_pickle=False)
-            names = [str(n) for n in npz[kn].tolist()] if kn else None
-            return ArraySource(npz[kx], npz[ky], names, f"{path} [{kx}, {ky}]")
-        except ValueError as exc:
-            raise DataError(f"{path} is not a readable .npy/.npz file of plain arrays ({exc}); re-save it with "
-                            "numpy.savez (no object arrays)") from exc
+        # arrays are read here: an object array is refused now (allow_pickle=False)
+        names = [str(n) for n in _member(npz, kn, path).tolist()] if kn else None
+        return ArraySource(_member(npz, kx, path), _member(npz, ky, path), names, f"{shown(path)} [{kx}, {ky}]")
 
 
 def from_spec(spec: str | list[str], root: Path) -> ArraySource:
@@ -93,7 +127,7 @@ def from_spec(spec: str | list[str], root: Path) -> ArraySource:
         x, y = _load(px), _load(py)
         if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
             raise DataError(f"{px} and {py} must be .npy files of one array each (examples, labels)")
-        return ArraySource(x, y, None, f"{px} + {py}")
+        return ArraySource(x, y, None, f"{shown(px)} + {shown(py)}")
     path = root / parts[0]
     src = from_npz(path, None) if len(parts) == 1 and path.suffix == ".npz" else None
     if src is None:
@@ -154,6 +188,7 @@ def arrays(
     layout: str | None = None,
     channels: int | None = None,
     classes: list[str] | None = None,
+    num_classes: int | None = None,
 ) -> Dataset:
     """Images or feature vectors from ``.npz``/``.npy`` files (see the module docstring).
 
@@ -164,6 +199,8 @@ def arrays(
         channels: convert images to 1 or 3 channels (default: keep them; a 4th, alpha, channel is dropped).
         classes: class names in index order (default: a ``classes`` array in the file, or the sorted
             names of string labels).
+        num_classes: with integer labels; default ``max label + 1`` over all splits, when every class below
+            it occurs (sparse labels need ``num_classes`` to confirm the count).
     """
     root = Path(data_dir or ".")
     given = {"train": train, "val": val, "test": test}
@@ -180,8 +217,13 @@ def arrays(
     train_src = found["train"]
     names = class_names_of([str(t) for t in np.unique(train_src.y)] if train_src.y.dtype.kind in "US" else [],
                            classes or train_src.names)
-    top = None if names else max(int(src.y.max()) + 1 for src in found.values() if src.y.size)
-    ys = {s: map_label_array(src.y, names, top, src.where) for s, src in found.items()}
+    num_classes = check_num_classes(num_classes)
+    if names and num_classes is not None and num_classes != len(names):
+        raise DataError(f"num_classes={num_classes} but the labels name {len(names)} classes; drop num_classes")
+    # integer labels: negative ones (and, with num_classes, those >= it) are refused here, naming the example
+    ys = {s: map_label_array(src.y, names, None if names else num_classes, src.where) for s, src in found.items()}
+    top = len(names) if names else infer_num_classes(torch.cat(list(ys.values())).unique().tolist(), num_classes,
+                                                     found["train"].where)
     for s in found:
         if xs[s].shape[0] != ys[s].shape[0]:
             raise DataError(f"{found[s].where}: {xs[s].shape[0]} examples but {ys[s].shape[0]} labels")
@@ -191,7 +233,7 @@ def arrays(
     x = xs["train"]
     test_split = (xs["test"], ys["test"]) if "test" in xs else (x.new_empty((0, *x.shape[1:])), ys["train"][:0])
     extra = {"val_x": xs["val"], "val_y": ys["val"]} if "val" in xs else {}
-    return _finish("arrays", (x, ys["train"]), test_split, len(names) if names else top, names, **extra)
+    return _finish("arrays", (x, ys["train"]), test_split, top, names, **extra)
 
 
 def _set_channels(x: Tensor, channels: int | None, where: str) -> Tensor:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from famus.data.errors import DataError
+from famus.data.errors import DataError, is_utf8, shown
 from famus.data.idx import read_idx
 from famus.data.safe_pickle import safe_load
 from famus.data.split import stratified_split
@@ -73,6 +73,7 @@ class Dataset:
             splits.append(("val", self.val_x, self.val_y))
         for split, x, y in splits:
             _check_split(split, x, y, self.num_classes)
+            check_finite_features(x, f"dataset {self.name!r}: the {split} split")
             if x.shape[1:] != self.train_x.shape[1:] or x.dtype != self.train_x.dtype:
                 raise ValueError(
                     f"train/{split} shapes differ: {tuple(self.train_x.shape[1:])} vs {tuple(x.shape[1:])}"
@@ -81,6 +82,13 @@ class Dataset:
             raise ValueError(f"mean/std need {self.channels} entries, got {len(self.mean)}/{len(self.std)}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} entries, expected {self.num_classes}")
+        # class names and paths go to UTF-8 files (classes.json, example_scores.csv): refuse now, not after training
+        for what, names in (("class name", self.class_names), ("train path", self.train_paths),
+                            ("val path", self.val_paths), ("test path", self.test_paths)):
+            bad = next((n for n in names or () if not is_utf8(n)), None)
+            if bad is not None:
+                raise DataError(f"dataset {self.name!r}: the {what} {shown(bad)} is not valid UTF-8 (a file name "
+                                "in another encoding?); rename it")
         for split, paths, x in (("train", self.train_paths, self.train_x), ("val", self.val_paths, self.val_x),
                                 ("test", self.test_paths, self.test_x)):
             if paths is not None and (x is None or len(paths) != x.shape[0]):
@@ -125,6 +133,18 @@ def _check_split(split: str, x: Tensor, y: Tensor | None, num_classes: int) -> N
         raise ValueError(f"{split}_y must be int64 ({x.shape[0]},), got {got}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"{split}_y has labels outside [0, {num_classes})")
+
+
+def check_finite_features(x: Tensor, what: str) -> None:
+    """Refuse float features holding NaN or inf, naming ``what`` (e.g. ``"the test split"``) and the count."""
+    if not x.is_floating_point():
+        return
+    bad = ~torch.isfinite(x.flatten(1))
+    count = int(bad.sum())
+    if count:
+        rows = bad.any(1)
+        raise DataError(f"{what} holds {count} NaN or inf feature values (in {int(rows.sum())} of {x.shape[0]} "
+                        f"examples, the first is example {int(rows.nonzero()[0, 0])}); fix or drop those examples")
 
 
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

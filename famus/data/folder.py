@@ -8,6 +8,8 @@ Layouts (``--data-dir root``)::
 Image files are ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif`` and ``.webp`` (any case), found
 recursively under each class folder; other files are ignored. Class names map to indices in
 sorted order (taken from the training folders); a ``val/`` or ``test/`` class must be one of them.
+Class folder and image names must be valid UTF-8 (they are written to ``classes.json`` and
+``example_scores.csv``): one that is not is refused at load, naming it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor
 
 from famus.data.datasets import DATASETS, Dataset, _finish
-from famus.data.errors import DataError
+from famus.data.errors import DataError, is_utf8, shown
 from famus.data.images import IMAGE_EXTENSIONS, is_image_file, load_image_splits
 from famus.data.labels import map_labels
 
@@ -29,7 +31,8 @@ class ClassFolders:
     """One split's image files (sorted by class, then path) and their class-name tokens.
 
     Raises:
-        DataError: no class folders, image files outside class folders, or an empty class folder.
+        DataError: no class folders, image files outside class folders, an empty class folder, or a class folder
+            or image whose name is not valid UTF-8.
     """
 
     def __init__(self, root: Path, base: Path | None = None) -> None:
@@ -50,8 +53,10 @@ class ClassFolders:
         for d in dirs:
             files = sorted(p for p in d.rglob("*") if p.is_file() and is_image_file(p))
             if not files:
-                raise DataError(f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or "
-                                "remove the folder")
+                raise DataError(f"class folder {shown(d)} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images "
+                                "or remove the folder")
+            for f in (d, *files):
+                _check_utf8(f, root)
             self.files += files
             self.tokens += [d.name] * len(files)
 
@@ -69,6 +74,15 @@ class ClassFolders:
             return f"class folder {self.files[i].relative_to(self.root).parts[0]} in {self.root}"
 
         return map_labels(self.tokens, class_names, None, where)
+
+
+def _check_utf8(path: Path, root: Path) -> None:
+    """Refuse a class folder or image whose name (below ``root``) is not valid UTF-8, naming it escaped."""
+    rel = path.relative_to(root)
+    if not is_utf8(str(rel)):
+        kind = "class folder" if path.is_dir() else "image"
+        raise DataError(f"the {kind} {shown(path)} has a name that is not valid UTF-8; rename it (famus writes "
+                        "class names and image paths to UTF-8 files: classes.json, example_scores.csv)")
 
 
 def find_splits(root: Path) -> dict[str, Path]:
@@ -94,6 +108,7 @@ def folder(
     image_size: int | list[int] | None = None,
     channels: int | None = None,
     workers: int = 8,
+    max_pixels: int | None = None,
 ) -> Dataset:
     """Images in ``root/<class_name>/`` (optionally under ``train/``, ``val/``, ``test/``).
 
@@ -102,6 +117,7 @@ def folder(
         image_size: side S, or ``[H, W]``; default: the first training image's size (others are resized).
         channels: 1 or 3; default: 1 when every image is grayscale, else 3 (alpha is dropped).
         workers: decoding threads.
+        max_pixels: the most pixels an image may have (default :data:`famus.data.images.DEFAULT_MAX_PIXELS`).
 
     Returns:
         A :class:`Dataset` whose ``class_names`` are the training folders' names in sorted order;
@@ -114,7 +130,7 @@ def folder(
     names = splits["train"].class_names
     labels = {name: s.labels(names) for name, s in splits.items()}
     images = load_image_splits({name: (s.files, s.wheres()) for name, s in splits.items()}, channels, image_size,
-                               workers, f"folder {root}")
+                               workers, f"folder {shown(root)}", max_pixels)
     if "test" in splits:
         test = images["test"], labels["test"]
     else:

@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import Tensor
 
 from famus.data.arrays import from_spec, to_examples
-from famus.data.datasets import Dataset
+from famus.data.datasets import Dataset, check_finite_features
 from famus.data.errors import DataError
 from famus.data.folder import ClassFolders
 from famus.data.imagelist import ImageList
@@ -77,6 +77,7 @@ def _from_arrays(text: str, like: Dataset, layout: str | None) -> TrustedSet:
         raise DataError(f"--meta-data {text} does not hold {kind} like the training data; give the same kind")
     if not like.is_features:
         x = convert_channels(x, like.channels)
+    check_finite_features(x, f"--meta-data {text} (the meta split)")
     if x.shape[1:] != like.train_x.shape[1:]:
         raise DataError(f"--meta-data {text}: examples of shape {tuple(x.shape[1:])}, but the training ones are "
                         f"{tuple(like.train_x.shape[1:])}")

@@ -17,7 +17,7 @@ from typing import Any, Union
 import yaml
 
 from famus.meta.engines.base import DEFAULT_ENGINE
-from famus.yamlload import safe_load
+from famus.yamlload import load_file
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
@@ -367,7 +367,7 @@ def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} not found; see configs/ for examples")
     try:
-        data = safe_load(p.read_text()) or {}
+        data = load_file(p) or {}  # size, alias and depth limits
     except yaml.YAMLError as e:
         raise ValueError(f"config file {str(p)!r} is not valid YAML: {yaml_error(e)}") from None
     if not isinstance(data, dict):

@@ -9,6 +9,7 @@ A run is a list of :class:`~famus.train.nets.Net` s (one in clean mode, two in p
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from famus.train.nets import Net, build_net
 from famus.train.position import EpochPosition
 from famus.train.pseudo import PseudoSource
 from famus.train.resume import resume_checkpoint
-from famus.train.run_folder import check_out_dir, start_run_folder
+from famus.train.run_folder import claim_out_dir, start_run_folder
 from famus.train.scores import ScoreTracker, finish_scores, score_source
 from famus.train.selection import ModelSelection
 from famus.train.state import Resumed, restore
@@ -136,6 +137,11 @@ class Sizes:
 def _sizes(cfg: TrainConfig, data: RunData) -> Sizes:
     n = data.train_x.shape[0]
     if cfg.meta_set != "pseudo" and cfg.method != "erm" and data.meta_x.shape[0] == 0:
+        if cfg.val_per_class and data.has_val:  # the validation set took the whole trusted set
+            raise ValueError(f"method {cfg.method!r} needs a meta set, but validation (--val-per-class "
+                             f"{cfg.val_per_class}) took all of the trusted examples (from {data.meta_source}), "
+                             "leaving none; raise --meta-per-class above --val-per-class (or give a larger "
+                             "--meta-data), or lower --val-per-class")
         raise ValueError(f"method {cfg.method!r} needs a meta set: pass --meta-per-class k > 0")
     if n < 2:
         raise ValueError(f"only {n} training examples left after the meta split; lower --meta-per-class")
@@ -150,13 +156,17 @@ def _sizes(cfg: TrainConfig, data: RunData) -> Sizes:
     return sizes
 
 
-def _train(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+def _train(cfg: TrainConfig, device: torch.device, hold: ExitStack | None = None) -> dict[str, Any]:
+    if hold is None:  # ``hold`` keeps the run folder's lock (rank 0) until the run ends, whatever the outcome
+        with ExitStack() as hold:
+            return _train(cfg, device, hold)
     # Everything that can fail on bad input happens before the first byte is written; with several
     # processes, a failure on one rank is raised on all of them (none is left waiting for it).
     with dist.agree_on_errors():
         _validate_names(cfg)
         _check_distributed(cfg)
-        run_dir = check_out_dir(cfg)
+        # one process per run folder: rank 0 locks it before anything is written
+        run_dir = hold.enter_context(claim_out_dir(cfg, lock=dist.is_main()))
         # every rank loads the same checkpoint (several machines: --out on a shared disk)
         ck = resume_checkpoint(cfg, run_dir) if cfg.resume else None
         if ck is not None and ck.get("position") is not None and dist.world_size() > 1:

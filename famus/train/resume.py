@@ -13,6 +13,7 @@ from typing import Any
 
 from famus.train.checkpoint import CHECKPOINT, CorruptFileError, load_checkpoint
 from famus.train.config import TrainConfig, from_dict, load_config
+from famus.train.lock import LOCK_FILE
 from famus.verified import is_temporary
 
 CONFIG_FILE = "config.yaml"
@@ -34,7 +35,7 @@ def run_config(run_dir: str | Path) -> TrainConfig | None:
     try:
         return load_config(path).validate()
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
 
 def _show(value: Any) -> str:
@@ -64,7 +65,7 @@ def check_resumable_folder(run_dir: Path) -> None:
     """A folder to resume holds a run (``config.yaml``), or nothing but temporaries; refuse anything else."""
     if not run_dir.is_dir() or (run_dir / CONFIG_FILE).exists():
         return
-    if any(not is_temporary(p) for p in run_dir.iterdir()):
+    if any(not is_temporary(p) and p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise ValueError(f"--resume: {str(run_dir)!r} holds files but no {CONFIG_FILE}, so it is not a famus run "
                          "folder; choose another --out")
 

@@ -1,4 +1,5 @@
-"""A run folder's first writes: ``config.yaml``, ``run.json``, ``classes.json``, the noisy labels and the split."""
+"""A run folder's checks, its lock, and its first writes: ``config.yaml``, ``run.json``, ``classes.json``, the noisy
+labels and the split."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from famus.atomic import atomic_write_text
 from famus.data import save_noisy_labels
 from famus.train.config import TrainConfig
 from famus.train.data import RunData
+from famus.train.lock import LOCK_FILE, RunLock
 from famus.train.resume import CONFIG_FILE, check_resumable_folder
 from famus.verified import remove_stale_temporaries, save_verified
 
@@ -37,17 +41,14 @@ def code_version() -> str:
     return f"{famus.__version__}+{commit}{'.dirty' if dirty else ''}" if commit else famus.__version__
 
 
-def check_out_dir(cfg: TrainConfig) -> Path:
-    """Fail early, before anything is loaded or written, if the run folder is unusable."""
-    run_dir = Path(cfg.out)
+def _check_path(run_dir: Path) -> None:
+    """The run folder can be a folder here: it is one or can be created, and is writable."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {str(run_dir)!r} exists and is not a folder; choose another --out")
-    if cfg.resume:
-        check_resumable_folder(run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(
-            f"--out {str(run_dir)!r} already holds files; pass --resume to continue it or choose another --out"
-        )
+    try:
+        str(run_dir).encode("utf-8")
+    except UnicodeEncodeError:  # its name goes to summary.json and the printed summary
+        raise ValueError(f"--out {ascii(str(run_dir))} is not valid UTF-8; choose a UTF-8 name") from None
     probe = run_dir
     while not probe.exists():
         probe = probe.parent
@@ -55,7 +56,47 @@ def check_out_dir(cfg: TrainConfig) -> Path:
         raise ValueError(f"cannot create --out {str(run_dir)!r}: {str(probe)!r} is a file; choose another --out")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write to {str(probe)!r} (for --out {str(run_dir)!r}); choose a writable --out")
+
+
+def _check_contents(cfg: TrainConfig, run_dir: Path) -> None:
+    """A new run needs an empty folder (but for a lock); a resumed one a run folder (or nothing yet)."""
+    if cfg.resume:
+        check_resumable_folder(run_dir)
+    elif run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise ValueError(
+            f"--out {str(run_dir)!r} already holds files; pass --resume to continue it or choose another --out"
+        )
+
+
+def check_out_dir(cfg: TrainConfig) -> Path:
+    """Fail early, before anything is loaded or written, if the run folder is unusable."""
+    run_dir = Path(cfg.out)
+    _check_path(run_dir)
+    _check_contents(cfg, run_dir)
     return run_dir
+
+
+@contextmanager
+def claim_out_dir(cfg: TrainConfig, lock: bool = True) -> Iterator[Path]:
+    """:func:`check_out_dir` holding the folder's lock (:mod:`famus.train.lock`) for the whole block.
+
+    The lock is taken before the folder's contents are checked and before anything is written, so no other
+    process can start or resume a run there meanwhile; at the end it is released, and a folder it had to
+    create is removed again if the run wrote nothing in it. ``lock=False`` (the other ranks of a
+    multi-process run: rank 0 holds it) only checks.
+
+    Raises:
+        RunFolderLocked: another process holds the folder; ValueError, OSError: see :func:`check_out_dir`.
+    """
+    run_dir = Path(cfg.out)
+    _check_path(run_dir)
+    if not lock:
+        _check_contents(cfg, run_dir)
+        yield run_dir
+        return
+    with RunLock.acquire(run_dir):
+        _check_contents(cfg, run_dir)
+        yield run_dir
 
 
 def start_run_folder(cfg: TrainConfig, run_dir: Path, data: RunData, device: torch.device, resumed: bool,

@@ -334,10 +334,14 @@ def write_listfile(root: Path) -> None:
 
 def test_listfile_loads_resized_rgb(tmp_path):
     write_listfile(tmp_path)
-    ds = load_dataset("listfile", data_dir=tmp_path, test_list="lists/test.txt", image_size=8, workers=2)
+    # labels 0, 1, 2 and 4: class 3 never occurs, so the count 5 must be confirmed
+    with pytest.raises(DataError, match=r"only 4 of the 5 classes 0..4 occur \(no 3\); pass .*num_classes=5"):
+        load_dataset("listfile", data_dir=tmp_path, test_list="lists/test.txt", image_size=8, workers=2)
+    ds = load_dataset("listfile", data_dir=tmp_path, test_list="lists/test.txt", image_size=8, workers=2,
+                      num_classes=5)
     assert ds.train_x.shape == (5, 3, 8, 8) and ds.test_x.shape == (2, 3, 8, 8)
     assert ds.train_x.dtype == torch.uint8 and ds.train_y.tolist() == [0, 1, 2, 0, 1]
-    assert ds.num_classes == 5  # max label over both lists + 1
+    assert ds.num_classes == 5
     for i, color in enumerate(COLORS):
         assert torch.equal(ds.train_x[i, :, 3, 3], torch.tensor(color, dtype=torch.uint8))
     assert torch.equal(ds.test_x[0, :, 0, 0], torch.tensor([77, 77, 77], dtype=torch.uint8))
@@ -361,12 +365,14 @@ def test_listfile_errors(tmp_path):
         load_dataset("listfile", data_dir=tmp_path, train_list="bad.txt", test_list="lists/test.txt")
     (tmp_path / "gone.txt").write_text("imgs/1.png 1\n\nimgs/nope.png 0\n")
     with pytest.raises(DataError, match="nope.png .*line 3.*not found"):
-        load_dataset("listfile", data_dir=tmp_path, train_list="gone.txt", test_list="lists/test.txt")
+        load_dataset("listfile", data_dir=tmp_path, train_list="gone.txt", test_list="lists/test.txt", num_classes=5)
     (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
     (tmp_path / "broken.txt").write_text("imgs/broken.png 0\n")
     with pytest.raises(DataError, match="broken.png .*corrupt"):
-        load_dataset("listfile", data_dir=tmp_path, train_list="broken.txt", test_list="lists/test.txt")
-    with pytest.raises(DataError, match="label 4 but num_classes=3"):
+        load_dataset("listfile", data_dir=tmp_path, train_list="broken.txt", test_list="lists/test.txt",
+                     num_classes=5)
+    # an out-of-range label is refused naming its file and line
+    with pytest.raises(DataError, match="label '4' \\(line 1 of .*test.txt\\) is not one of the class indices 0..2"):
         load_dataset("listfile", data_dir=tmp_path, test_list="lists/test.txt", num_classes=3)
 
 
