@@ -145,8 +145,6 @@ def config_from_args(args: argparse.Namespace):
             over[key] = True
     if args.no_progress or getattr(args, "quiet", False):
         over["progress"] = False
-    elif args.resume and not args.config:  # how this command shows progress, not how the run was started
-        over["progress"] = True
     extra = _parse_set(args.set)
     for k, v in extra.items():
         if isinstance(v, dict) and cfg is not None and isinstance(getattr(cfg, k, None), dict):
