@@ -87,6 +87,6 @@ class LateFlag:
             self.clean_until = self.copied_at
         self.host.copy_(self.acc, non_blocking=True)
         self.event = torch.cuda.Event()
-        self.event.record()
+        self.event.record(torch.cuda.current_stream(self.acc.device))  # the stream the copy went to
         self.copied_at = step
         return False

@@ -200,6 +200,7 @@ def test_on_a_gpu_later_batches_are_checked_without_a_host_sync():
     x, y, xm, ym = (t.cuda() for t in _batch((1, 9, 9)))
     learner = _learner(_cnn().cuda())
     learner.step(x, y, xm, ym)  # the first batch: checked at once
+    learner._check_values(x, y, xm, ym)  # the late flag and its pinned host copy exist
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
