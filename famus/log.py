@@ -46,12 +46,15 @@ class StderrHandler(logging.Handler):
 
 
 def enable(level: int = logging.INFO, prefix: str = ROOT) -> logging.Handler:
-    """Show famus's messages of ``level`` and above on stderr, one line each; returns the handler
-    (``logging.getLogger("famus").removeHandler(handler)`` undoes it)."""
-    handler = StderrHandler(level)
-    handler.setFormatter(OneLineFormatter(prefix))
+    """Show famus's messages of ``level`` and above on stderr, one line each (``PREFIX: ...``); returns
+    the handler. Calling it again changes that handler, it adds no second one."""
     logger = logging.getLogger(ROOT)
-    logger.addHandler(handler)
+    handler = next((h for h in logger.handlers if isinstance(h, StderrHandler)), None)
+    if handler is None:
+        handler = StderrHandler()
+        logger.addHandler(handler)
+    handler.setLevel(level)
+    handler.setFormatter(OneLineFormatter(prefix))
     logger.setLevel(level)
     return handler
 
@@ -61,7 +64,8 @@ def command_logging(prefix: str, quiet: bool = False) -> Iterator[None]:
     """For one ``famus`` command: :func:`enable` (warnings and up when ``quiet``), Python warnings as
     one line each through it; everything as it was afterwards."""
     logger = logging.getLogger(ROOT)
-    level = logger.level
+    before = next((h for h in logger.handlers if isinstance(h, StderrHandler)), None)
+    saved = (logger.level, before.level, before.formatter) if before is not None else (logger.level, None, None)
     handler = enable(logging.WARNING if quiet else logging.INFO, prefix)
     show = warnings.showwarning
 
@@ -74,5 +78,9 @@ def command_logging(prefix: str, quiet: bool = False) -> Iterator[None]:
         yield
     finally:
         warnings.showwarning = show
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        logger.setLevel(saved[0])
+        if before is None:
+            logger.removeHandler(handler)
+        else:  # the application's own famus.log.enable(): as it was
+            handler.setLevel(saved[1])
+            handler.setFormatter(saved[2])

@@ -110,6 +110,7 @@ def test_the_library_logs_through_the_famus_loggers_and_adds_no_handler(tmp_path
 
 def test_enable_shows_famus_messages_one_line_each(capsys):
     handler = famus.log.enable()
+    assert famus.log.enable() is handler  # no second handler, no doubled lines
     try:
         logging.getLogger("famus.somewhere").info("two\nlines")
         logging.getLogger("famus.somewhere").warning("careful")
