@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with command_logging(f"famus {args.command}", quiet=args.quiet):
+    with command_logging("famus", quiet=args.quiet):  # messages read "famus: ...", as the library's loggers
         return _run(args)
 
 

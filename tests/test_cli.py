@@ -80,7 +80,7 @@ def test_train_into_a_file_writes_one_line_per_log_window(tmp_path, capsys):
     lines = err.splitlines()
     iters = _records(out)[0]["step"]  # steps per epoch (one network)
     windows = -(-iters // 5)  # every 5 steps and at the epoch's end
-    assert lines[0].startswith("famus train: injecting symmetric label noise at rate 0.4: ")
+    assert lines[0].startswith("famus: injecting symmetric label noise at rate 0.4: ")
     progress_lines = lines[1:]
     assert len(progress_lines) == 2 * (windows + 1), lines  # and one per epoch end
     assert all(x.startswith("mwnet/fd: epoch ") for x in progress_lines)
@@ -93,7 +93,7 @@ def test_quiet_keeps_only_warnings_on_stderr_and_the_result_on_stdout(tmp_path, 
     assert main(["train", *RUN, "--quiet", "--tensorboard", "--out", str(tmp_path / "q")]) == 0
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [
-        "famus train: warning: tensorboard is not installed; pip install tensorboard to log there"]
+        "famus: warning: tensorboard is not installed; pip install tensorboard to log there"]
     assert "test accuracy of the chosen model" in captured.out
     assert not logging.getLogger("famus").handlers  # the command's handler is gone with it
 
