@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from famus.log import command_logging
 from famus.registry import UnknownNameError
 from famus.yamlload import safe_load
 
@@ -33,9 +37,9 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--meta-grad", "meta_grad", str, "meta-gradient engine (auto: the default, exact or fd, the faster; exact, fd, "
                                       "famus, jvp, block, ...; +lagged)"),
     ("--meta-every", "meta_every", int, "after the dense phase, update the meta model every k-th step (the others: "
-                                        "ordinary weighted steps; default recipe: 5, L2R 1)"),
+                                        "ordinary weighted steps) (default: the recipe's, 5; L2R 1)"),
     ("--meta-dense", "meta_dense", int, "after the warm-up, update the meta model on every step for this many "
-                                        "steps (default recipe: 200)"),
+                                        "steps (default: the recipe's, 200; L2R 0)"),
     ("--meta-warmup", "meta_warmup", int, "ordinary, uniformly weighted steps before the first meta update "
                                           "(default: min(25, a quarter of an epoch))"),
     ("--epochs", "epochs", int, "epochs"),
@@ -45,11 +49,11 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--optimizer", "optimizer", str, "sgd or adamw (the virtual step follows it: Adam's preconditioner)"),
     ("--schedule", "schedule", str, "learning-rate schedule: step (milestones, gamma) or cosine"),
     ("--lr-warmup-epochs", "lr_warmup_epochs", float, "linear learning-rate warm-up over this many epochs"),
-    ("--amp", "amp", str, "mixed precision: bf16, or fp16 (CUDA, with a GradScaler); default float32"),
+    ("--amp", "amp", str, "mixed precision: bf16, or fp16 (CUDA, with a GradScaler) (default: none, float32)"),
     ("--seed", "seed", int, "seed of data, noise, model init and training"),
     ("--out", "out", str, "run folder"),
     ("--device", "device", str, "cpu, cuda or auto"),
-    ("--threads", "threads", int, "torch CPU threads"),
+    ("--threads", "threads", int, "torch CPU threads (default: torch's choice)"),
     ("--metrics-format", "metrics_format", str, "jsonl, or csv (written beside metrics.jsonl)"),
     ("--track-every", "track_every", int, "every N steps record meta-gradient fidelity, gates, weights"),
 ]
@@ -57,6 +61,37 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
 
 class CLIError(Exception):
     """A user error with a one-line message."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help``, except where there is none to show (``None``, an off
+    switch, an empty list) or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "(default:" in text or default is None or default is False or default == [] or default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def config_defaults() -> dict[str, Any]:
+    """Each :class:`~famus.train.config.TrainConfig` key's default (what a flag left out means)."""
+    from famus.train.config import TrainConfig
+
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        out[f.name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return out
+
+
+def _with_default(help_: str, default: Any) -> str:
+    """``help_`` with the config's default appended (``%`` escaped for argparse); a help text that says
+    ``(default: ...)`` itself explains what an unset (``None``) value does."""
+    if "(default:" not in help_:
+        shown = "none" if default is None else default
+        help_ = f"{help_} (default: {shown})"
+    return help_.replace("%", "%%")
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -85,13 +120,16 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """``famus train``'s flags; each flag's help shows the :class:`TrainConfig` default it overrides."""
+    defaults = config_defaults()
     p.add_argument("--config", help="YAML config file; flags override it")
-    for flag, _key, typ, help_ in TRAIN_FLAGS:
-        p.add_argument(flag, type=typ, default=None, help=help_)
+    for flag, key, typ, help_ in TRAIN_FLAGS:
+        p.add_argument(flag, type=typ, default=None, help=_with_default(help_, defaults[key]))
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the run in --out from its config.yaml and checkpoint (none yet: start it)")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard (if installed)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (else a bar on a terminal, one line per log window in a file or pipe)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config key, e.g. --set engine_options.k=6 (YAML value)")
 
@@ -109,7 +147,7 @@ def config_from_args(args: argparse.Namespace):
     for key in ("resume", "tensorboard"):
         if getattr(args, key):
             over[key] = True
-    if args.no_progress:
+    if args.no_progress or getattr(args, "quiet", False):
         over["progress"] = False
     extra = _parse_set(args.set)
     for k, v in extra.items():
@@ -143,11 +181,34 @@ def _resume_base(args: argparse.Namespace):
     return saved
 
 
+def _main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resume_hint(out: str) -> str:
+    """What to do after an interrupted ``famus train --out OUT``, on one line."""
+    from famus.train.checkpoint import CHECKPOINT
+    from famus.train.resume import CONFIG_FILE
+
+    run_dir, command = Path(out), f"famus train --out {shlex.quote(out)} --resume"
+    if (run_dir / CHECKPOINT).is_file():
+        return f"the last checkpoint is kept in {run_dir / CHECKPOINT}; resume with: {command}"
+    if (run_dir / CONFIG_FILE).is_file():
+        return f"no checkpoint yet; start the run again from its {CONFIG_FILE} with: {command}"
+    return "nothing was written yet; run the same command again"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from famus.train import train
 
-    summary = train(config_from_args(args))
-    if int(os.environ.get("RANK", "0")) != 0:  # several processes: rank 0 reports
+    cfg = config_from_args(args)
+    try:
+        summary = train(cfg)
+    except KeyboardInterrupt:  # checkpoints are written atomically: the last one is whole
+        if _main_rank():
+            print(f"famus train: interrupted; {resume_hint(cfg.out)}", file=sys.stderr)
+        return 130
+    if not _main_rank():  # several processes: rank 0 reports
         return 0
     print(summary_lines(summary))
     if "group_acc" in summary:
@@ -178,19 +239,51 @@ def summary_lines(summary: dict[str, Any]) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from famus.train.demo import run_demo
 
-    return run_demo(out=args.out, quick=args.quick, data_dir=args.data_dir, threads=args.threads)
+    return run_demo(out=args.out, quick=args.quick, data_dir=args.data_dir, threads=args.threads,
+                    progress=not args.quiet)
+
+
+def version() -> str:
+    """``famus --version``: famus's version and the torch it runs on."""
+    import torch
+
+    from famus import __version__
+
+    return f"famus {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
+
+
+class _Version(argparse.Action):
+    """``--version``: print :func:`version` and exit (torch is imported only then)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version())  # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="famus", description="Noise-robust training by meta-learning, made fast.")
+    parser = argparse.ArgumentParser(prog="famus", description="Noise-robust training by meta-learning, made fast.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print famus's and torch's versions and exit")
+    common = argparse.ArgumentParser(add_help=False)  # every command's own flags
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="only warnings and errors on stderr (no progress, no info messages)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one run", description="Train one run; see configs/ for examples.")
+
+    def command(name: str, help_: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, parents=[common], formatter_class=HelpFormatter, **kwargs)
+
+    p = command("train", "train one run", description="Train one run; see configs/ for examples. A flag overrides "
+                "--config, which overrides the defaults shown.")
     add_train_arguments(p)
     p.set_defaults(fn=cmd_train)
-    p = sub.add_parser("demo", help="ERM vs MW-Net (exact, default engine, FaMUS) on noisy Fashion-MNIST")
+    p = command("demo", "ERM vs MW-Net (exact, default engine, FaMUS) on noisy Fashion-MNIST")
     p.add_argument("--out", default="runs/demo", help="folder for the four runs")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data-dir", default=None,
+                   help="Fashion-MNIST folder (default: Debian's, /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="a tiny version for smoke tests")
     p.set_defaults(fn=cmd_demo)
     for name, module, help_ in (("bench", "famus.bench", "time every meta-gradient engine side by side"),
@@ -198,14 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("report", "famus.report", "plots, HTML page and summary table of runs"),
                                 ("issues", "famus.issues", "the likeliest mislabeled examples of a run")):
         mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_)
+        p = command(name, help_)
         mod.add_arguments(p)
+        for action in p._actions:  # an option without help text would hide its default
+            if action.help is None and action.option_strings and action.default is not None:
+                action.help = "(default: %(default)s)"
         p.set_defaults(fn=mod.run_cli)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with command_logging("famus", quiet=args.quiet):  # messages read "famus: ...", as the library's loggers
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from famus.data import DataError
     from famus.train import TrainingError
 

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from famus.train.config import load_config
 from famus.train.metrics import read_metrics
 from famus.train.quality import lift_onset
 from famus.train.selection import chosen_from_records
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = (150, 300, 450)
 # files a famus run writes: an interrupted run folder without a checkpoint holds only these, and
@@ -115,8 +119,12 @@ def _prepare(run_dir: Path) -> bool:
 
 
 def run_all(config: Path, runs: list[RunSpec], out: Path, epochs: int, jobs: int = 1, threads: int = 1,
-            extra: list[str] | None = None, log=print) -> None:
-    """Train every unfinished run, ``jobs`` subprocesses at a time; a failed run is an error."""
+            extra: list[str] | None = None, log: Callable[[str], None] | None = None) -> None:
+    """Train every unfinished run, ``jobs`` subprocesses at a time; a failed run is an error.
+
+    ``log``: where the one line per started, skipped and finished run goes (default: this module's logger, info).
+    """
+    log = log or _log.info
     todo = [r for r in runs if not is_finished(r.folder(out), epochs)]
     for r in runs:
         if r not in todo:
@@ -266,7 +274,8 @@ def _num(v: float | None) -> str:
 
 def compare(config: str | Path, engines: list[str], seeds: list[int], out: str | Path, methods: list[str] | None = None,
             jobs: int = 1, threads: int = 1, steps: tuple[int, ...] = DEFAULT_STEPS, late_from: int = 300,
-            extra: list[str] | None = None, erm: bool = True, log=print) -> dict[str, Any]:
+            extra: list[str] | None = None, erm: bool = True,
+            log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or continue) every (method, engine, seed) of ``config`` and summarize; see the module docstring.
 
     Args:

@@ -55,3 +55,38 @@ def guarded(optimizers: list[torch.optim.Optimizer], ok: Tensor, step: Callable[
                 flags[v.device] = ok.to(v.device)
             before = saved_state.get(key)
             v.copy_(torch.where(flags[v.device], v, torch.zeros_like(v) if before is None else before))
+
+
+class LateFlag:
+    """A 0-d bool flag on a CUDA device, or-ed every step and read without ever waiting for the device.
+
+    :meth:`add` ors a flag into a device accumulator. :meth:`poll` keeps one non-blocking copy of the
+    accumulator to pinned host memory in flight and returns the value of the last copy that has
+    completed: a flag set at step ``t`` is seen a step or two later, and no step waits for it.
+    ``clean_until`` / ``copied_at``: the step numbers the last clean copy and the copy that found the
+    flag set were started at (what :meth:`poll`'s ``True`` covers).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.acc = torch.zeros((), dtype=torch.bool, device=device)
+        self.host = torch.zeros((), dtype=torch.bool, pin_memory=True)
+        self.event: torch.cuda.Event | None = None
+        self.clean_until = self.copied_at = 0
+
+    def add(self, flag: Tensor | None) -> None:
+        if flag is not None:
+            self.acc |= flag  # stream-ordered after any copy in flight: that copy reads the old value
+
+    def poll(self, step: int) -> bool:
+        """Whether a completed copy found the flag set; starts the next copy (as of ``step``) otherwise."""
+        if self.event is not None:
+            if not self.event.query():
+                return False  # the copy has not arrived yet: look again next step
+            if bool(self.host):  # a host tensor the copy has landed in: no device sync
+                return True
+            self.clean_until = self.copied_at
+        self.host.copy_(self.acc, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record(torch.cuda.current_stream(self.acc.device))  # the stream the copy went to
+        self.copied_at = step
+        return False

@@ -101,3 +101,22 @@ def call(module: nn.Module, state: dict[str, Tensor] | None, x: Inputs) -> Any:
 def forward(model: nn.Module, state: dict[str, Tensor] | None, x: Inputs) -> Tensor:
     """The model's ``(n, C)`` logits on ``x`` (with ``state`` swapped in when given)."""
     return logits_of(call(model, state, x))
+
+
+def describe(x: Inputs) -> str:
+    """The input's shapes, for messages: ``"shape (100, 28, 28)"``, ``"shapes (8, 16) and (8, 16)"`` (a tuple),
+    ``"shapes input_ids (8, 16), attention_mask (8, 16)"`` (a dict)."""
+    if isinstance(x, Tensor):
+        return f"shape {tuple(x.shape)}"
+    if isinstance(x, Mapping):
+        return "shapes " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in x.items() if isinstance(v, Tensor))
+    return "shapes " + " and ".join(str(tuple(t.shape)) for t in tensors(x))
+
+
+def nonfinite(x: Inputs) -> Tensor | None:
+    """0-d bool on the input's device: some value of a floating-point tensor of ``x`` is NaN or infinite
+    (no host sync); ``None`` when ``x`` holds no floating-point tensor."""
+    flags = [~torch.isfinite(t).all() for t in tensors(x) if t.is_floating_point()]
+    if not flags:
+        return None
+    return flags[0] if len(flags) == 1 else torch.stack(flags).any()

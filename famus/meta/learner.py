@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from famus import distributed as dist
-from famus.meta import guard, precision
+from famus.meta import checks, guard, precision
 from famus.meta import inputs as io
 from famus.meta.engines import DEFAULT_ENGINE, ENGINES, STAGES, Engine, MetaBatch, MetaResult, build_engine
 from famus.meta.engines.base import StageTimer
@@ -133,6 +133,7 @@ class MetaLearner:
         first = next((p for p in model.parameters() if p.requires_grad), None)
         if first is None:
             raise ValueError(f"{type(model).__name__} has no trainable parameters; famus needs a model to train")
+        checks.check_optimizer(model, optimizer)  # one over another model would never change this one
         self.model = model
         self.optimizer = optimizer
         warn_if_unsupported(optimizer)
@@ -167,6 +168,8 @@ class MetaLearner:
         self._engines: dict[str, Engine] = {self.engine_name: self.engine}
         self.steps = 0
         self._shards_checked = False
+        self._values_checked = False  # labels and input values: checked at once until a first batch passed
+        self._late: guard.LateFlag | None = None  # then, on a GPU, without waiting for it (_check_values)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -177,13 +180,11 @@ class MetaLearner:
     def _bind(self, x: Inputs) -> None:
         if self.layer_infos is not None:
             return
-        example = io.head(x, 2)
-        self.layer_infos = layer_infos(self.model, example)
+        # the model on the batch's first 2 examples: a failure is reported in terms of the user's batch
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             state = {**dict(self.model.named_parameters()), **self._buffers()}
-            out = io.forward(self.model, state, example)
-        if out.dim() != 2:
-            raise ValueError(f"the model must return (batch, classes) logits, got shape {tuple(out.shape)}")
+            out = checks.model_output(self.model, state, x, 2)
+        self.layer_infos = layer_infos(self.model, io.head(x, 2))
         self.num_classes = out.shape[1]
         self.method.bind(self.num_classes, self.device, self.dtype)
         self.engine.bind(self.layer_infos, self.device, self.dtype)
@@ -238,6 +239,9 @@ class MetaLearner:
                 raise ValueError(f"the {what} batch is empty")
             if ys.dtype != torch.long and not soft:
                 raise TypeError(f"{what} labels must be int64 (torch.long), got {ys.dtype}")
+        if isinstance(x, Tensor) and isinstance(x_meta, Tensor) and x.dim() != x_meta.dim():
+            raise ValueError(f"your batch x has {io.describe(x)} but x_meta {io.describe(x_meta)}: their examples "
+                             "must have the same number of dimensions")
         self._bind(x)
         if not self._shards_checked and dist.is_distributed():
             sizes = [None] * dist.world_size()
@@ -246,16 +250,36 @@ class MetaLearner:
                 raise ValueError(f"ranks hold shards of different sizes (training, meta): {sizes}; the union "
                                  "batch's step needs equal shards")
             self._shards_checked = True
-        c = self.num_classes
-        if y.dim() == 2:  # soft targets (MixMatch): one column per class
-            if y.shape[1] != c:
-                raise ValueError(f"soft targets have {y.shape[1]} columns but the model has {c} classes")
-            y = y.new_zeros(0, dtype=torch.long)
-        bad = (y < 0) | (y >= c)
-        bad_m = (y_meta < 0) | (y_meta >= c)
-        if bool(bad.any() | bad_m.any()):
-            which = y[bad] if bool(bad.any()) else y_meta[bad_m]
-            raise ValueError(f"labels out of range: got {which[:5].tolist()}, the model has {c} classes (0..{c - 1})")
+        self._check_values(x, y, x_meta, y_meta)
+
+    def _check_values(self, x: Inputs, y: Tensor, x_meta: Inputs, y_meta: Tensor) -> None:
+        """Labels within the class count, and no NaN or infinite input values, without a host sync per step.
+
+        Reading a device value waits for the device, so on a GPU the values are checked at once (labels,
+        ``x`` and ``x_meta``) only until a first batch passed; from then on ``x``'s finiteness is or-ed into
+        a device flag that is read when its copy to the host has arrived (:class:`~famus.meta.guard.LateFlag`):
+        a non-finite batch is refused a step or two late, never silently trained on. On the CPU nothing
+        waits: every batch's labels and ``x`` are checked at once. A non-finite ``x_meta`` is not refused
+        (a warning on the first batch): it makes the meta gradient non-finite, and that meta update is
+        skipped and counted (``meta_skipped``); it never reaches the model.
+        """
+        first = not self._values_checked
+        if first or io.device_of(x).type != "cuda":
+            checks.check_labels(y, y_meta, self.num_classes)
+            checks.check_finite(x, "your batch x")
+            if first:
+                checks.check_finite(x_meta, "your meta batch x_meta", refuse=False)
+            self._values_checked = True
+            return
+        if self._late is None:
+            self._late = guard.LateFlag(io.device_of(x))
+        self._late.add(io.nonfinite(x))
+        if self._late.poll(self.steps + 1):
+            raise ValueError(
+                f"your batch x held NaN or infinite values in a step between steps {self._late.clean_until + 1} "
+                f"and {self._late.copied_at} (on a GPU this is checked without waiting for the device, so it is "
+                "reported late: those steps were taken, and the model's weights may no longer be finite). Replace "
+                "or drop non-finite inputs before training (e.g. impute missing features)")
 
     def _batch(self, x, y, x_meta, y_meta, theta=None, keep_virtual=False) -> MetaBatch:
         return MetaBatch(

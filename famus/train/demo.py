@@ -57,14 +57,14 @@ SEED_NOISE = ("Seed noise in this setting (docs/results.md, seeds 1-3): the vali
 
 
 def demo_configs(out: str | Path, quick: bool = False, data_dir: str | None = None,
-                 threads: int | None = None) -> list[tuple[str, TrainConfig]]:
-    """The four run configs, identical but for method and engine."""
+                 threads: int | None = None, progress: bool = True) -> list[tuple[str, TrainConfig]]:
+    """The four run configs, identical but for method and engine (``progress``: each run's progress display)."""
     setting = dict(SETTING, **(QUICK if quick else {}))
     out = Path(out)
     cfgs = []
     for label, folder, method, engine in RUNS:
         cfg = TrainConfig(**setting, data_dir=data_dir, method=method, meta_grad=engine, seed=1, threads=threads,
-                          progress=True, track_every=0 if method == "erm" else (10 if quick else 100),
+                          progress=progress, track_every=0 if method == "erm" else (10 if quick else 100),
                           out=str(out / folder))
         cfgs.append((label, cfg))
     return cfgs
@@ -133,11 +133,11 @@ def setting_note(c: TrainConfig) -> str:
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str | None = None,
-             threads: int | None = None) -> int:
+             threads: int | None = None, progress: bool = True) -> int:
     """Run the four trainings one after another, print one table and where to look next."""
     t_start = time.perf_counter()
     out = Path(out)
-    cfgs = demo_configs(out, quick, data_dir, threads)
+    cfgs = demo_configs(out, quick, data_dir, threads, progress)
     for _label, cfg in cfgs:  # refuse before training anything, not after the first run
         if Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
             raise ValueError(f"{cfg.out!r} already holds a run; remove {str(out)!r} or pass another --out")

@@ -8,19 +8,19 @@ A run is a list of :class:`~famus.train.nets.Net` s (one in clean mode, two in p
 
 from __future__ import annotations
 
-import sys
+import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from famus import distributed as dist
 from famus.data import NOISE
 from famus.losses import LOSSES
 from famus.meta import ENGINES, METHODS
+from famus.progress import progress
 from famus.train.batches import BatchSource, CleanSource
 from famus.train.checkpoint import BEST, CHECKPOINT, CheckpointSchedule, save_checkpoint
 from famus.train.config import TrainConfig, from_dict, load_config
@@ -38,6 +38,8 @@ from famus.train.selection import ModelSelection
 from famus.train.state import Resumed, restore
 from famus.train.step import Precision, make_precision
 from famus.train.summary import run_summary, write_summary
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -178,7 +180,7 @@ def _train(cfg: TrainConfig, device: torch.device, hold: ExitStack | None = None
         sizes = _sizes(cfg, data)
     noise_line = describe_noise(cfg, data)
     if noise_line and dist.is_main():
-        tqdm.write(noise_line, file=sys.stderr)  # injected noise is never silent
+        log.info(noise_line.removeprefix("famus: "))  # injected noise: said where messages are shown
     run = _Run.build(cfg, data, run_dir, device, precision, sizes)
     return run.train(ck)
 
@@ -272,8 +274,7 @@ class _Run:
             metrics = MetricsWriter(self.run_dir, csv_too=cfg.metrics_format == "csv", tensorboard=cfg.tensorboard,
                                     keep_until=res.epoch if cfg.resume else None)
         tracker = self._tracker(ck, res.step)
-        bar = tqdm(total=cfg.epochs * iters * nets, initial=res.step, disable=not (cfg.progress and self.main),
-                   desc=self._bar_name(), unit="it", dynamic_ncols=True)
+        bar = progress(cfg.epochs * iters * nets, res.step, self._bar_name(), iters * nets, cfg.progress and self.main)
         runner = EpochRunner(cfg, self.data, self.nets, self.source, self.precision, iters, self.sizes.batch, bar,
                              tracker, self.scores)
         # mid-epoch checkpoints on one process only (with several, each rank has its own sums and BN statistics)
