@@ -134,9 +134,7 @@ class TrainingMethod:
 
     def options_of(self, cfg: TrainConfig) -> Any:
         """The checked ``method_options`` (an ``options`` instance; ``None`` for ERM and the meta methods)."""
-        if self.options is None:
-            if not self.meta and cfg.method_options:
-                raise ValueError(f"--method {self.name} takes no method_options, got {sorted(cfg.method_options)}")
+        if self.options is None:  # ERM ignores method_options (a config's meta method's, e.g. compare's baseline)
             return None
         opts = checked_options(self.options, cfg.method_options, "method_options")
         opts.check(cfg)
