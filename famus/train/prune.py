@@ -25,7 +25,8 @@ Every phase is the one training loop (:func:`famus.train.loop.setup`) on a subse
 The run's ``example_scores.csv`` is the ranking over the whole training set (out-of-fold probability of
 the given label, or the meta weight); ``summary.json``'s ``prune`` holds the ranker, the flagged count,
 their precision and recall against injected noise (reporting only) and the ranking's cost
-(``rank_time_s``: its training time; ``rank_steps``). Cost: (K + 1) x ERM (``famus``: a meta run + ERM).
+(``rank_time_s``: its training time; ``rank_steps``). Cost: K folds of (K - 1)/K of the training set,
+(K - 1) x ERM, plus the retrain on what is kept (``famus``: a meta run plus the retrain).
 
 Resume: ``--resume`` continues the phase under way. A rank run resumes from its checkpoint (exactly, as
 any run) and a finished one is reused; once ``prune.pt`` exists the ranking is fixed (a resume with more

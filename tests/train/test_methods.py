@@ -29,3 +29,19 @@ def test_every_method_trains_from_the_api(tmp_path, method):
     ck = load_checkpoint(out / "checkpoint.pt")
     assert len(ck["nets"]) == (2 if method == "coteaching" else 1)
     assert (ck["nets"][0]["learner"] is not None) == is_meta(method)
+
+
+@pytest.mark.parametrize("method", ["coteaching", "prune"])
+def test_baselines_refuse_several_processes(monkeypatch, method):
+    import famus.distributed as fdist
+    from famus.train.loop import _check_distributed
+
+    monkeypatch.setattr(fdist, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match=f"--method {method} does not run on several processes"):
+        _check_distributed(TrainConfig(dataset="digits", method=method))
+
+
+def test_coteaching_takes_bf16_and_a_loss(tmp_path):
+    summary = train({**COMMON, "method": "coteaching", "amp": "bf16", "loss": "focal", "epochs": 2,
+                     "out": str(tmp_path / "r")})
+    assert summary["epochs"] == 2 and summary["last_test_acc"] > 0.3
