@@ -16,8 +16,9 @@ forward pass, as ``loss_coteaching`` in the authors' code). The forget rate ramp
   injected noise rate or the clean labels. Each epoch's record holds ``forget_rate``,
   ``forget_rate_estimated`` and ``keep_rate`` (``1 - R(e)``), and, where noise was injected, the paper's
   ``label_precision`` (the share of clean labels among the kept examples; reporting only).
-* ``forget_epochs`` T_k: by default the paper's 10 of 200 epochs scaled to the run,
-  ``min(10, max(1, round(epochs / 20)))``.
+* ``forget_epochs`` T_k: by default the paper's 10 epochs, cut so that the ramp ends by the run's last
+  epoch, ``min(10, max(1, epochs - 1))`` (scaling it to the run as a share of the paper's 200 epochs
+  ramped a 24-epoch run in one epoch and lost 11 points: see :class:`~famus.train.methods.CoTeachingOptions`).
 
 The optimizer, schedule, batch size and ``--loss`` (ranking and update loss) are the run's, as for
 every method. Evaluation: both networks and their ensemble (mean logits), as pseudo mode does

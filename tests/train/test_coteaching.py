@@ -76,10 +76,12 @@ def test_small_loss_breaks_ties_by_row():
 
 
 def test_forget_schedule():
-    """R(e) = tau * min(e / T_k, 1) from the second epoch; T_k defaults to the paper's 10 of 200 epochs."""
+    """R(e) = tau * min(e / T_k, 1) from the second epoch; T_k defaults to the paper's 10 epochs, ending by the
+    run's last epoch."""
     opts = CoTeachingOptions(forget_rate=0.4, forget_epochs=4)
     assert [opts.forget_at(e, 0.4, 30) for e in range(7)] == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
-    assert [CoTeachingOptions().ramp_epochs(n) for n in (1, 24, 30, 60, 200, 1000)] == [1, 1, 2, 3, 10, 10]
+    assert [CoTeachingOptions().ramp_epochs(n) for n in (1, 2, 5, 11, 24, 200)] == [1, 1, 4, 10, 10, 10]
+    assert [CoTeachingOptions().forget_at(e, 0.5, 5) for e in range(5)] == pytest.approx([0, 0.125, 0.25, 0.375, 0.5])
     assert CoTeachingOptions().forget_at(3, None, 24) == 0.0  # tau not known (yet): nothing dropped
 
 
