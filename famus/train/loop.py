@@ -76,7 +76,7 @@ def _check_distributed(cfg: TrainConfig) -> None:
     if cfg.track_every:  # the exact meta gradient it compares with is not computed over the union batch
         raise ValueError("--track-every does not run on several processes (the exact meta gradient it "
                          "compares with is one process's); use one process or --track-every 0")
-    if cfg.method in ("coteaching", "prune"):  # co-teaching ranks the whole batch; prune runs its folds in turn
+    if not TRAINING_METHODS.get(cfg.method).distributed:  # e.g. co-teaching ranks the whole batch
         raise ValueError(f"--method {cfg.method} does not run on several processes; use one process")
     if cfg.checkpoint_every is not None:  # mid-epoch state (partial sums, BN statistics) is per process
         raise ValueError("checkpoint_every does not run on several processes (mid-epoch state is each "

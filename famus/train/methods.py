@@ -125,13 +125,15 @@ class PruneOptions:
 @dataclass(frozen=True)
 class TrainingMethod:
     """One ``--method``: ``meta`` methods run a meta learner (``--meta-grad``, a trusted set); ``pseudo``:
-    it runs with ``--meta-set pseudo``; ``options``: the dataclass of its ``method_options`` (``None``: the
-    meta method's own, checked when its learner is built; ERM takes none); ``source``: its paper."""
+    it runs with ``--meta-set pseudo``; ``distributed``: on several processes; ``options``: the dataclass
+    of its ``method_options`` (``None``: the meta method's own, checked when its learner is built; ERM
+    takes none); ``source``: its paper."""
 
     name: str
     source: str
     meta: bool = False
     pseudo: bool = False
+    distributed: bool = True
     options: type | None = None
 
     def options_of(self, cfg: TrainConfig) -> Any:
@@ -153,9 +155,11 @@ for _name in METHODS.names():
     TRAINING_METHODS.add(_name, TrainingMethod(_name, "meta method (famus.meta.METHODS)", meta=True,
                                                pseudo=_name != "mlc"))  # MLC's corrected loss takes no soft targets
 TRAINING_METHODS.add("coteaching", TrainingMethod(
-    "coteaching", "Han et al., Co-teaching, NeurIPS 2018 (github.com/bhanML/Co-teaching)", options=CoTeachingOptions))
+    "coteaching", "Han et al., Co-teaching, NeurIPS 2018 (github.com/bhanML/Co-teaching)",
+    distributed=False, options=CoTeachingOptions))  # it ranks the whole batch, not a rank's shard
 TRAINING_METHODS.add("prune", TrainingMethod(
-    "prune", "Northcutt et al., Confident Learning, JAIR 2021 (cleanlab): find, prune, retrain", options=PruneOptions))
+    "prune", "Northcutt et al., Confident Learning, JAIR 2021 (cleanlab): find, prune, retrain",
+    distributed=False, options=PruneOptions))  # its phases run in turn, on one process
 
 
 def check_method(cfg: TrainConfig) -> TrainingMethod:
