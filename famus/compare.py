@@ -425,7 +425,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--rows", default=None, metavar="FILE", help="YAML file of named rows, each the config "
                         "with its own overrides, e.g. 'gce: {method: erm, loss: gce}' (folder OUT/<row>)")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
-    parser.add_argument("--out", required=True, help="folder of the runs (OUT/<method>-<engine>/seed<S>)")
+    parser.add_argument("--out", required=True, help="folder of the runs (OUT/<row>/seed<S>; a row: <method>-<engine>, "
+                        "<method> or a --rows name)")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (2 on a 2-core machine, --threads 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="steps for AUROC@ and lift@")

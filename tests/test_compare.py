@@ -56,14 +56,17 @@ def test_compare_bad_input_fails_before_writing(tmp_path, config, capsys):
     assert main(["compare", "--config", str(tmp_path / "missing.yaml"), "--engines", "exact", "--out", str(out)]) == 2
     assert main(["compare", "--config", str(config), "--engines", "exact", "--methods", "mwnett",
                  "--out", str(out)]) == 2
+    # a bad value for every run: every run's config is checked before the first starts
+    assert main(["compare", "--config", str(config), "--engines", "exact", "--set", "lr=-1", "--out", str(out)]) == 2
+    assert "lr must be > 0" in capsys.readouterr().err
     assert not out.exists()
 
 
 @pytest.mark.slow
 def test_compare_reports_a_failed_run(tmp_path, config, capsys):
     out = tmp_path / "cmp"
-    rc = main(["compare", "--config", str(config), "--engines", "exact", "--seeds", "1", "--no-erm",
-               "--set", "lr=-1", "--out", str(out)])
+    rc = main(["compare", "--config", str(config), "--engines", "exact", "--seeds", "1", "--no-erm", "--set",
+               "dataset=fashion-mnist", "--set", f"data_dir={tmp_path / 'missing'}", "--out", str(out)])
     assert rc == 1
     assert "failed" in capsys.readouterr().err and (out / "logs" / "mwnet-exact-seed1.log").exists()
 
