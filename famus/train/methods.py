@@ -91,9 +91,10 @@ class PruneOptions:
     ``ranker``: ``confident`` (famus's confident learning on out-of-fold probabilities, Northcutt et al.
     2021), ``cleanlab`` (``cleanlab.filter.find_label_issues`` with its defaults on the same probabilities;
     ``pip install cleanlab``) or ``famus`` (the clean scores of a ``meta_method`` run on the training set,
-    flagged below ``threshold``; needs a trusted set). ``folds``: K of the K-fold out-of-fold probabilities
-    (cleanlab's default 5); ``fold_epochs``: each fold's ERM epochs (``None``: the run's); also the epochs
-    of the ``famus`` ranker's run.
+    flagged below ``threshold``, in units of the uniform weight; needs a trusted set; on
+    ``configs/results-fmnist-sym60.yaml``, seed 1, 0.5 flagged 4565 examples, 97% of them mislabeled, 81% of
+    the mislabeled). ``folds``: K of the K-fold out-of-fold probabilities (cleanlab's default 5);
+    ``fold_epochs``: each fold's ERM epochs (``None``: the run's); also the epochs of the ``famus`` ranker's run.
     """
 
     ranker: str = "confident"
