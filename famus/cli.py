@@ -32,7 +32,8 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--meta-set", "meta_set", str, "clean (held-out trusted set) or pseudo (GMM split, two nets)"),
     ("--train-subset", "train_subset", int, "keep this many training examples (stratified)"),
     ("--model", "model", str, "model name, or package.module:function"),
-    ("--method", "method", str, "erm, l2r, mwnet or mlc"),
+    ("--method", "method", str, "erm; a meta method: mwnet, l2r, mlc; a baseline: coteaching, prune "
+                                "(options: --set method_options.KEY=VALUE)"),
     ("--loss", "loss", str, "training loss: ce, gce, sce, ldam, focal or cb (options: --set loss_options.KEY=VALUE)"),
     ("--meta-grad", "meta_grad", str, "meta-gradient engine (auto: the default, exact or fd, the faster; exact, fd, "
                                       "famus, jvp, block, ...; +lagged)"),

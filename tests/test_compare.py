@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from famus.cli import main
-from famus.compare import compare, format_table, plan
+from famus.compare import compare, format_table, plan, read_rows, run_config, spec_config, write_row_configs
 from famus.registry import UnknownNameError
 
 CONFIG = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, method="mwnet", lr=0.05,
@@ -56,14 +56,17 @@ def test_compare_bad_input_fails_before_writing(tmp_path, config, capsys):
     assert main(["compare", "--config", str(tmp_path / "missing.yaml"), "--engines", "exact", "--out", str(out)]) == 2
     assert main(["compare", "--config", str(config), "--engines", "exact", "--methods", "mwnett",
                  "--out", str(out)]) == 2
+    # a bad value for every run: every run's config is checked before the first starts
+    assert main(["compare", "--config", str(config), "--engines", "exact", "--set", "lr=-1", "--out", str(out)]) == 2
+    assert "lr must be > 0" in capsys.readouterr().err
     assert not out.exists()
 
 
 @pytest.mark.slow
 def test_compare_reports_a_failed_run(tmp_path, config, capsys):
     out = tmp_path / "cmp"
-    rc = main(["compare", "--config", str(config), "--engines", "exact", "--seeds", "1", "--no-erm",
-               "--set", "lr=-1", "--out", str(out)])
+    rc = main(["compare", "--config", str(config), "--engines", "exact", "--seeds", "1", "--no-erm", "--set",
+               "dataset=fashion-mnist", "--set", f"data_dir={tmp_path / 'missing'}", "--out", str(out)])
     assert rc == 1
     assert "failed" in capsys.readouterr().err and (out / "logs" / "mwnet-exact-seed1.log").exists()
 
@@ -81,3 +84,78 @@ def test_a_diverged_run_is_a_result_not_a_failure(tmp_path, config):
     logs.clear()
     compare(config, ["exact"], [1], out, steps=(5,), late_from=5, extra=["lr=1e12"], log=logs.append)
     assert all(line.startswith("skip") for line in logs)
+
+
+def test_baselines_take_no_engine_and_unknown_methods_list_all():
+    runs = plan(["erm", "coteaching", "prune", "mwnet"], ["exact", "fd"], [1, 2])
+    assert [r.name for r in runs if r.seed == 1] == ["erm", "coteaching", "prune", "mwnet-exact", "mwnet-fd"]
+    assert all(r.engine is None for r in runs if r.method in ("erm", "coteaching", "prune"))
+    with pytest.raises(UnknownNameError, match="valid methods: coteaching, erm, l2r, mlc, mwnet, prune"):
+        plan(["coteachin"], ["exact"], [1])
+    assert [r.name for r in plan(["coteaching"], [], [1], erm=False)] == ["coteaching"]
+
+
+def test_rows_are_named_runs_with_their_own_config(tmp_path, config):
+    rows_file = tmp_path / "rows.yaml"
+    rows_file.write_text("dividemix: {method: erm, meta_set: pseudo}\nmwnet-pseudo: {method: mwnet, meta_set: pseudo}\n"
+                         "prune2: {method: prune, method-options: {folds: 2}}\n")
+    rows = read_rows(rows_file)
+    assert rows["prune2"] == {"method": "prune", "method_options": {"folds": 2}}
+    runs = plan([], ["exact"], [1], rows=rows)
+    assert [(r.name, r.method, r.engine) for r in runs] == [("erm", "erm", None), ("dividemix", "erm", None),
+                                                           ("mwnet-pseudo", "mwnet", None), ("prune2", "prune", None)]
+    write_row_configs(config, rows, tmp_path / "rows")
+    spec = runs[-1]
+    cfg = run_config(spec_config(config, spec, tmp_path / "rows"), spec, ["lr=0.02"])
+    # the row's values replace the config's (its method_options: {meta_lr: ...} -> {folds: 2}); --set applies to all
+    assert (cfg.method, cfg.method_options, cfg.lr, cfg.noise_rate) == ("prune", {"folds": 2}, 0.02, 0.4)
+    with pytest.raises(ValueError, match="row 'erm' has the name of another run"):
+        plan([], ["exact"], [1], rows={"erm": {"loss": "ce"}})
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("- a\n- b\n", "must map row names to config overrides"),
+    ("'a b': {method: erm}\n", "row name 'a b' must be a folder name"),
+    ("logs: {method: erm}\n", "row name 'logs' must be a folder name"),
+    ("gce: erm\n", "row 'gce' must map config keys to values"),
+    ("gce: {method: erm\n", "is not valid YAML"),
+    ("ct: {method: coteaching, method_options: {forget_rate: 2}}\n", "forget_rate must be in [0, 1)"),
+    ("ct: {method: coteachin}\n", "unknown method 'coteachin'"),
+])
+def test_bad_rows_fail_before_anything_is_written(tmp_path, config, capsys, text, needle):
+    rows_file, out = tmp_path / "rows.yaml", tmp_path / "cmp"
+    rows_file.write_text(text)
+    assert main(["compare", "--config", str(config), "--rows", str(rows_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+
+
+def test_interrupted_folders_clear_or_resume(tmp_path):
+    from famus.compare import _prepare
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "split.pt", "split.pt.sha256", "metrics.jsonl"):
+        (run / name).write_text("")
+    assert _prepare(run) is False and not run.exists()  # famus's files (checksums too): cleared, started again
+    (run / "rank").mkdir(parents=True)  # a prune run that began ranking continues
+    assert _prepare(run) is True
+
+
+@pytest.mark.slow
+def test_compare_runs_baselines_and_rows(tmp_path, config):
+    rows_file = tmp_path / "rows.yaml"
+    rows_file.write_text("prune2: {method: prune, method_options: {folds: 2}}\n")
+    out = tmp_path / "cmp"
+    result = compare(config, None, [1], out, methods=["coteaching"], steps=(5,), late_from=5, rows=read_rows(rows_file),
+                     log=lambda line: None)
+    assert sorted(result["table"]) == ["coteaching", "erm", "prune2"]
+    saved = yaml.safe_load((out / "prune2" / "seed1" / "config.yaml").read_text())
+    assert saved["method"] == "prune" and saved["method_options"] == {"folds": 2}
+    prune_run = result["runs"]["prune2"][1]
+    summary = json.loads((out / "prune2" / "seed1" / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "prune2" / "seed1" / "metrics.jsonl").read_text().splitlines()]
+    assert prune_run["train_time_s"] == pytest.approx(rows[-1]["wall_time_s"] + summary["prune"]["rank_time_s"])
+    assert result["table"]["coteaching"]["time_x_erm"]["mean"] > 0
+    assert "prune2" in format_table(result)

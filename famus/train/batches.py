@@ -3,7 +3,10 @@
 The epoch loop (:mod:`famus.train.epoch`) asks the source, each epoch, for each network's pass
 of :class:`Batch` es, and for the loss of its plain steps; the source's per-epoch hook may
 prepare the epoch (pseudo mode: the GMM split). :class:`CleanSource` is ``--meta-set clean``:
-one network, shuffled batches of the training set, meta batches from the trusted set.
+one network, shuffled batches of the training set (or of some of its rows: ``--method prune``'s
+folds and retrain), meta batches from the trusted set. A *joint* source (co-teaching,
+:mod:`famus.train.coteaching`) has one pass per epoch whose every step trains all its networks on
+the same batch, by the source's own :meth:`BatchSource.step`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from famus.train.data import RunData
 from famus.train.nets import Net
 from famus.train.position import EpochPosition
 from famus.train.scores import ScoreTracker, predict
-from famus.train.step import Criterion
+from famus.train.step import Criterion, Precision
 
 
 @dataclass
@@ -44,7 +47,10 @@ class Batch:
 class BatchSource(Protocol):
     """What a ``--meta-set`` mode gives the epoch loop."""
 
-    nets: int  # networks trained; each makes one pass of ``iters`` steps per epoch
+    nets: int  # networks trained
+    # False: each network makes its own pass of ``iters`` steps per epoch (its plain or meta step);
+    # True: one pass per epoch, each step training every network on the same batch (``step``)
+    joint: bool
     loss_every: int  # ``train_loss`` averages every ``loss_every``-th step's loss of a pass
     per_example: bool  # weight quality and example scores apply (rows are training examples)
     gen: torch.Generator  # the run's random stream: batch order, meta batches, augmentation
@@ -62,6 +68,10 @@ class BatchSource(Protocol):
     def batches(self, epoch: int, k: int, nets: list[Net], pos: EpochPosition) -> Iterator[tuple[int, Batch]]:
         """``(iteration, batch)`` for the rest of network ``k``'s pass, from ``pos.it``."""
 
+    def step(self, epoch: int, batch: Batch, nets: list[Net], precision: Precision) -> Tensor:
+        """A joint source's step (called only where ``joint``): trains every network on ``batch`` (their
+        learning rates are set); returns the 0-d loss that ``train_loss`` averages, not synced to the host."""
+
     def record(self, epoch: int, nets: list[Net], state: dict[str, Any]) -> dict[str, Any]:
         """The source's keys of the epoch's metrics record."""
 
@@ -74,13 +84,21 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict[str, Any] | None) -> None: ...
 
 
+def passes(source: BatchSource) -> int:
+    """A source's passes per epoch: one per network, or one for a joint source."""
+    return 1 if source.joint else source.nets
+
+
 def shuffled(data: RunData, gen: torch.Generator, pos: EpochPosition, batch: int, iters: int,
-             rows: Tensor | None = None) -> Iterator[tuple[int, Tensor, Tensor]]:
+             rows: Tensor | None = None, among: Tensor | None = None) -> Iterator[tuple[int, Tensor, Tensor]]:
     """``(iteration, x augmented, example indices)`` for the rest of one shuffled pass over the training
-    set; the batch order is drawn at the pass's start and kept in ``pos.perm``. ``rows``: this rank's
-    rows of each batch (several processes)."""
+    set (``among``: over these of its examples only); the batch order is drawn at the pass's start and
+    kept in ``pos.perm``. ``rows``: this rank's rows of each batch (several processes)."""
     if pos.perm is None:
-        pos.perm = torch.randperm(data.train_x.shape[0], generator=gen).to(data.train_x.device)
+        n = data.train_x.shape[0] if among is None else among.numel()
+        pos.perm = torch.randperm(n, generator=gen).to(data.train_x.device)
+        if among is not None:
+            pos.perm = among.to(data.train_x.device)[pos.perm]
     for it in range(pos.it, iters):
         idx = pos.perm[it * batch : (it + 1) * batch]
         x = data.augmenter(data.train_x[idx], gen, rows)
@@ -91,18 +109,20 @@ class CleanSource:
     """``--meta-set clean``: one network; meta batches from the held-out trusted set, drawn when used.
 
     ``shards``: this rank's rows of each training batch and of each meta batch (several processes;
-    every rank draws the same batches from the same generator and keeps its slice).
+    every rank draws the same batches from the same generator and keeps its slice). ``train_rows``:
+    the training examples it draws from (``None``: all).
     """
 
-    nets, per_example = 1, True
+    nets, per_example, joint = 1, True, False
     method_options: dict[str, Any] = {}
     loss_every = 1
 
     def __init__(self, data: RunData, gen: torch.Generator, batch: int, iters: int, meta_bs: int,
-                 shards: tuple[slice | None, slice | None] = (None, None), eval_batch_size: int = 1000) -> None:
+                 shards: tuple[slice | None, slice | None] = (None, None), eval_batch_size: int = 1000,
+                 train_rows: Tensor | None = None) -> None:
         self.data, self.gen, self.batch, self.iters, self.meta_bs = data, gen, batch, iters, meta_bs
         self.rows, self.meta_rows = shards
-        self.eval_batch_size = eval_batch_size
+        self.eval_batch_size, self.train_rows = eval_batch_size, train_rows
 
     def begin_epoch(self, epoch: int, nets: list[Net], state: dict[str, Any] | None) -> dict[str, Any]:
         return state or {}
@@ -121,7 +141,7 @@ class CleanSource:
 
     def batches(self, epoch: int, k: int, nets: list[Net], pos: EpochPosition) -> Iterator[tuple[int, Batch]]:
         data = self.data
-        for it, x, idx in shuffled(data, self.gen, pos, self.batch, self.iters, self.rows):
+        for it, x, idx in shuffled(data, self.gen, pos, self.batch, self.iters, self.rows, self.train_rows):
             yield it, Batch(x, data.train_y[idx], idx, data.corrupted[idx], self._meta)
 
     def record(self, epoch: int, nets: list[Net], state: dict[str, Any]) -> dict[str, Any]:

@@ -120,9 +120,6 @@ class TrainConfig:
             raise ValueError(f"imbalance factor must be >= 1, got {self.imbalance}")
         if self.track_every < 0:
             raise ValueError(f"track_every must be >= 0, got {self.track_every}")
-        if self.track_every and self.method == "erm":
-            raise ValueError("--track-every compares an engine's meta gradient with exact's; --method erm has "
-                             "none (leave it at 0)")
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -147,11 +144,9 @@ class TrainConfig:
             self.pseudo()  # a bad option is refused here, before anything is written
             if self.loss != "ce":
                 raise ValueError("--meta-set pseudo trains with its own MixMatch loss; use --loss ce")
-            if self.method == "mlc":
-                raise ValueError("--meta-set pseudo trains on soft MixMatch targets; use --method mwnet, l2r or erm")
-        if self.method != "erm" and self.meta_per_class == 0 and self.meta_set == "clean" and not self.meta_data:
-            raise ValueError(f"method {self.method!r} needs a meta set: pass --meta-per-class k > 0 or "
-                             "--meta-data PATH")
+        from famus.train.methods import check_method  # the method registry checks its options with this module's
+
+        check_method(self)  # the name, its method_options, what it needs (a trusted set) and refuses
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         self._validate_optimisation()

@@ -1,4 +1,5 @@
-"""One epoch of every mode: each network's pass over its batches, one step function, one set of sums.
+"""One epoch of every mode: each network's pass over its batches (or, for a joint source such as
+co-teaching, one pass whose steps train every network), one step function, one set of sums.
 
 No host sync per step: the losses, the NaN flag and the meta-step sums stay on the device and are
 read at log, checkpoint and epoch boundaries only (every ``log_every`` steps of a pass).
@@ -17,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from famus import distributed as dist
-from famus.train.batches import Batch, BatchSource
+from famus.train.batches import Batch, BatchSource, passes
 from famus.train.checkpoint import CheckpointSchedule
 from famus.train.config import TrainConfig
 from famus.train.data import RunData
@@ -78,19 +79,22 @@ class EpochRunner:
                 quality.load_state_dict(pos.quality)
         self._shares = []
         lr = lr_at(self.cfg, epoch, epoch * self.iters + min(pos.it, self.iters - 1), self.iters)
-        for k in range(pos.k, self.source.nets):
+        for k in range(pos.k, passes(self.source)):
             pos.next_network(k)
             lr = self._pass(epoch, step, k, pos, quality, clock, lr)
         return self._record(pos, clock.elapsed(), lr, quality)
 
     def _pass(self, epoch: int, step: int, k: int, pos: EpochPosition, quality, clock: Clock, lr: float) -> float:
-        """Network ``k``'s pass from ``pos.it``; returns the last learning rate."""
-        cfg, net, iters = self.cfg, self.nets[k], self.iters
+        """Pass ``k`` from ``pos.it`` (network ``k``'s, or every network's for a joint source); returns the
+        last learning rate."""
+        cfg, iters = self.cfg, self.iters
+        trained = self.nets if self.source.joint else [self.nets[k]]
         base = step + k * iters  # the run's steps before this pass
         plain = self.source.plain(epoch)
         for it, batch in self.source.batches(epoch, k, self.nets, pos):
             lr = lr_at(cfg, epoch, epoch * iters + it, iters)  # each network's own iterations
-            set_lr(net.opt, lr)
+            for net in trained:
+                set_lr(net.opt, lr)
             loss = self._step(epoch, base + it + 1, k, batch, pos, quality, clock, plain).detach()
             if it % self.source.loss_every == 0:
                 pos.loss_sum[k] += loss.double()
@@ -99,7 +103,7 @@ class EpochRunner:
             if finished % cfg.log_every == 0 or finished == iters:
                 with clock.paused():  # logging, not training time
                     self._log(epoch, base + finished, k, pos, quality, lr)
-            last = (k, finished) == (self.source.nets - 1, iters)  # the epoch's end has its own checkpoint
+            last = (k, finished) == (passes(self.source) - 1, iters)  # the epoch's end has its own checkpoint
             if self.checkpoint is not None and not last and self.schedule.due(base + finished):
                 check_finite(pos.bad, cfg.out, epoch, base + finished)  # only good states are saved
                 with clock.paused():
@@ -110,7 +114,10 @@ class EpochRunner:
 
     def _step(self, epoch: int, step_no: int, k: int, batch: Batch, pos: EpochPosition, quality, clock: Clock,
               plain: bool) -> torch.Tensor:
-        """One step of network ``k`` (``step_no``: the run's step count after it); returns its 0-d loss."""
+        """One step of network ``k`` (``step_no``: the run's step count after it); returns its 0-d loss.
+        A joint source's step trains every network on the batch."""
+        if self.source.joint:
+            return self.source.step(epoch, batch, self.nets, self.precision)
         net = self.nets[k]
         if net.learner is None or plain:
             return erm_step(net.model, net.opt, batch.x, batch.y, self.source.criterion(epoch, net), self.precision,
@@ -168,7 +175,7 @@ class EpochRunner:
 
     def _record(self, pos: EpochPosition, epoch_time: float, lr: float, quality) -> dict[str, Any]:
         """The epoch's metrics record (floats): one host sync per epoch."""
-        nets, iters = self.source.nets, self.iters
+        nets, iters = passes(self.source), self.iters
         steps, sampled = nets * iters, nets * math.ceil(iters / self.source.loss_every)
         record: dict[str, Any] = {"train_loss": float(pos.loss_sum.sum()) / sampled, "lr": lr,
                                   "time_per_iter_s": epoch_time / steps, "epoch_time_s": epoch_time}

@@ -1,8 +1,9 @@
-"""One training loop for every method (``erm`` and the meta methods, any engine) and every ``--meta-set``.
+"""One training loop for every method (``erm``, the meta methods with any engine, ``coteaching``) and every
+``--meta-set``; ``--method prune`` (:mod:`famus.train.prune`) runs it on subsets of the training set.
 
-A run is a list of :class:`~famus.train.nets.Net` s (one in clean mode, two in pseudo mode) and a
-:class:`~famus.train.batches.BatchSource`; this module sets them up, resumes, runs the epochs
-(:mod:`famus.train.epoch`), evaluates, writes metrics, ``model_best.pt`` and checkpoints
+A run is a list of :class:`~famus.train.nets.Net` s (one in clean mode, two in pseudo mode and
+co-teaching) and a :class:`~famus.train.batches.BatchSource`; this module sets them up, resumes, runs
+the epochs (:mod:`famus.train.epoch`), evaluates, writes metrics, ``model_best.pt`` and checkpoints
 (:mod:`famus.train.state`), and ends with the summary.
 """
 
@@ -21,12 +22,14 @@ from famus.data import NOISE
 from famus.losses import LOSSES
 from famus.meta import ENGINES, METHODS
 from famus.progress import progress
-from famus.train.batches import BatchSource, CleanSource
+from famus.train.batches import BatchSource, CleanSource, passes
 from famus.train.checkpoint import BEST, CHECKPOINT, CheckpointSchedule, save_checkpoint
 from famus.train.config import TrainConfig, from_dict, load_config
+from famus.train.coteaching import CoTeachingSource
 from famus.train.data import RunData, describe_noise, prepare_data
 from famus.train.epoch import Clock, EpochRunner
 from famus.train.evaluation import evaluate_models
+from famus.train.methods import TRAINING_METHODS
 from famus.train.metrics import MetricsWriter
 from famus.train.nets import Net, build_net
 from famus.train.position import EpochPosition
@@ -54,13 +57,14 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _validate_names(cfg: TrainConfig) -> None:
-    if cfg.method != "erm":
-        METHODS.get(cfg.method)
+def check_names(cfg: TrainConfig) -> None:
+    """The registry names of a (validated) config: an unknown one is an error listing the valid ones."""
+    meta = TRAINING_METHODS.get(cfg.method).meta
+    if meta:
         ENGINES.get(cfg.meta_grad.removesuffix("+lagged"))  # "+lagged": the one-backward mode
     NOISE.get(cfg.noise)
     LOSSES.get(cfg.loss)
-    if cfg.loss != "ce" and cfg.method != "erm" and not METHODS.get(cfg.method).takes_loss_fn:
+    if cfg.loss != "ce" and meta and not METHODS.get(cfg.method).takes_loss_fn:
         raise ValueError(f"method {cfg.method!r} has its own training loss; --loss {cfg.loss} cannot be combined "
                          "with it (use --loss ce)")
 
@@ -75,6 +79,8 @@ def _check_distributed(cfg: TrainConfig) -> None:
     if cfg.track_every:  # the exact meta gradient it compares with is not computed over the union batch
         raise ValueError("--track-every does not run on several processes (the exact meta gradient it "
                          "compares with is one process's); use one process or --track-every 0")
+    if not TRAINING_METHODS.get(cfg.method).distributed:  # e.g. co-teaching ranks the whole batch
+        raise ValueError(f"--method {cfg.method} does not run on several processes; use one process")
     if cfg.checkpoint_every is not None:  # mid-epoch state (partial sums, BN statistics) is per process
         raise ValueError("checkpoint_every does not run on several processes (mid-epoch state is each "
                          "process's own); leave it unset: checkpoints are written at every epoch's end")
@@ -123,7 +129,13 @@ def train(config: TrainConfig | dict | str | Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     # under torchrun (WORLD_SIZE > 1) with no process group yet: create it (nccl on GPUs, gloo on CPU)
     with dist.process_group(device, cfg.dist_timeout_s):
-        return _train(cfg, device)
+        if cfg.method == "prune":  # this loop, run on subsets of the training set
+            from famus.train.prune import train_prune
+
+            return train_prune(cfg, device)
+        with ExitStack() as hold:  # the run folder's lock (rank 0), until the run ends whatever the outcome
+            run, ck = setup(cfg, device, hold)
+            return run.train(ck)
 
 
 @dataclass
@@ -136,9 +148,11 @@ class Sizes:
     shards: tuple[slice | None, slice | None] = (None, None)
 
 
-def _sizes(cfg: TrainConfig, data: RunData) -> Sizes:
-    n = data.train_x.shape[0]
-    if cfg.meta_set != "pseudo" and cfg.method != "erm" and data.meta_x.shape[0] == 0:
+def _sizes(cfg: TrainConfig, data: RunData, train_rows: torch.Tensor | None = None) -> Sizes:
+    """``train_rows``: the training examples the run draws its batches from (``None``: all)."""
+    n = data.train_x.shape[0] if train_rows is None else train_rows.numel()
+    meta = TRAINING_METHODS.get(cfg.method).meta
+    if cfg.meta_set != "pseudo" and meta and data.meta_x.shape[0] == 0:
         if cfg.val_per_class and data.has_val:  # the validation set took the whole trusted set
             raise ValueError(f"method {cfg.method!r} needs a meta set, but validation (--val-per-class "
                              f"{cfg.val_per_class}) took all of the trusted examples (from {data.meta_source}), "
@@ -146,10 +160,11 @@ def _sizes(cfg: TrainConfig, data: RunData) -> Sizes:
                              "--meta-data), or lower --val-per-class")
         raise ValueError(f"method {cfg.method!r} needs a meta set: pass --meta-per-class k > 0")
     if n < 2:
-        raise ValueError(f"only {n} training examples left after the meta split; lower --meta-per-class")
+        left = "after the meta split; lower --meta-per-class" if train_rows is None else "to train on"
+        raise ValueError(f"only {n} training examples left {left}")
     batch = min(cfg.batch_size, n)  # the global batch: each rank gets an equal shard of it
     sizes = Sizes(batch, n // batch)  # drop the ragged last batch: BatchNorm needs > 1 example
-    if cfg.meta_set != "pseudo" and cfg.method != "erm":
+    if cfg.meta_set != "pseudo" and meta:
         sizes.meta_bs = min(cfg.meta_batch_size or cfg.batch_size, data.meta_x.shape[0])
     if dist.is_distributed():
         rows = dist.shard(batch, "--batch-size")
@@ -158,17 +173,22 @@ def _sizes(cfg: TrainConfig, data: RunData) -> Sizes:
     return sizes
 
 
-def _train(cfg: TrainConfig, device: torch.device, hold: ExitStack | None = None) -> dict[str, Any]:
-    if hold is None:  # ``hold`` keeps the run folder's lock (rank 0) until the run ends, whatever the outcome
-        with ExitStack() as hold:
-            return _train(cfg, device, hold)
+def setup(cfg: TrainConfig, device: torch.device, hold: ExitStack, data: RunData | None = None,
+          train_rows: torch.Tensor | None = None, lock: bool = True) -> tuple[_Run, dict[str, Any] | None]:
+    """A run's objects and the checkpoint it resumes from (``None``: it starts); ``run.train(ck)`` trains it.
+
+    ``hold``: keeps the run folder's lock (rank 0) until the caller's block ends, whatever the outcome (run
+    ``run.train`` inside it); ``lock=False``: the caller holds it already (``--method prune``'s retrain).
+    ``data``: the run's data, already prepared for ``cfg`` (``None``: prepared here); ``train_rows``:
+    ``(n,)`` int64, the training examples it trains on (``None``: all), e.g. ``--method prune``'s folds.
+    """
     # Everything that can fail on bad input happens before the first byte is written; with several
     # processes, a failure on one rank is raised on all of them (none is left waiting for it).
     with dist.agree_on_errors():
-        _validate_names(cfg)
+        check_names(cfg)
         _check_distributed(cfg)
         # one process per run folder: rank 0 locks it before anything is written
-        run_dir = hold.enter_context(claim_out_dir(cfg, lock=dist.is_main()))
+        run_dir = hold.enter_context(claim_out_dir(cfg, lock=lock and dist.is_main()))
         # every rank loads the same checkpoint (several machines: --out on a shared disk)
         ck = resume_checkpoint(cfg, run_dir) if cfg.resume else None
         if ck is not None and ck.get("position") is not None and dist.world_size() > 1:
@@ -176,13 +196,13 @@ def _train(cfg: TrainConfig, device: torch.device, hold: ExitStack | None = None
         precision = make_precision(cfg, device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        data = prepare_data(cfg, device)
-        sizes = _sizes(cfg, data)
+        prepared = data is None
+        data = prepare_data(cfg, device) if prepared else data
+        sizes = _sizes(cfg, data, train_rows)
     noise_line = describe_noise(cfg, data)
-    if noise_line and dist.is_main():
+    if prepared and noise_line and dist.is_main():
         log.info(noise_line.removeprefix("famus: "))  # injected noise: said where messages are shown
-    run = _Run.build(cfg, data, run_dir, device, precision, sizes)
-    return run.train(ck)
+    return _Run.build(cfg, data, run_dir, device, precision, sizes, train_rows), ck
 
 
 @dataclass
@@ -201,16 +221,19 @@ class _Run:
     selection: ModelSelection
     scores: ScoreTracker | None = None
     main: bool = True  # rank 0 writes the run folder and shows progress
+    train_rows: torch.Tensor | None = None  # the training examples trained on (None: all)
 
     @classmethod
     def build(cls, cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.device, precision: Precision,
-              sizes: Sizes) -> _Run:
+              sizes: Sizes, train_rows: torch.Tensor | None = None) -> _Run:
         gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch order, meta batches, augmentation, mixing
         if cfg.meta_set == "pseudo":
             source: BatchSource = PseudoSource(cfg, data, gen, sizes.batch, sizes.iters)
+        elif cfg.method == "coteaching":  # a joint source: both networks step on each batch
+            source = CoTeachingSource(cfg, data, gen, sizes.batch, sizes.iters)
         else:
             source = CleanSource(data, gen, sizes.batch, sizes.iters, sizes.meta_bs, sizes.shards,
-                                 cfg.eval_batch_size)
+                                 cfg.eval_batch_size, train_rows)
         # the second network gets its own initialization (pseudo-clean co-training)
         nets = [build_net(cfg, data, device, precision, seed_offset=100 * k, method_options=source.method_options)
                 for k in range(source.nets)]
@@ -218,13 +241,19 @@ class _Run:
         if score_source(cfg.method, cfg.meta_set) == "meta_weight":
             scores = ScoreTracker(data.train_x.shape[0], device, cfg.score_decay)
         return cls(cfg, data, run_dir, device, precision, sizes, source, nets, gen, ModelSelection(data.has_val),
-                   scores, dist.is_main())
+                   scores, dist.is_main(), train_rows)
 
     def _restore(self, ck: dict[str, Any] | None) -> Resumed:
         if ck is None:
             return Resumed()
-        res = restore(ck, self.run_dir / CHECKPOINT, self.nets, self.gen, self.source, self.data.train_x.shape[0],
-                      self.sizes.iters, self.device)
+        rows = ck.get("train_rows")
+        if (rows is None) != (self.train_rows is None) or (rows is not None and not torch.equal(
+                rows, self.train_rows.cpu())):  # e.g. a prune fold's folder resumed on its own
+            raise ValueError(f"{self.run_dir / CHECKPOINT} trained on other training examples than this run "
+                             "(a --method prune phase resumes with its prune run: --resume its --out)")
+        n = self.data.train_x.shape[0] if self.train_rows is None else self.train_rows.numel()
+        res = restore(ck, self.run_dir / CHECKPOINT, self.nets, self.gen, self.source, n, self.sizes.iters,
+                      self.device)
         self.selection.load_state_dict(ck.get("selection"))
         if self.scores is not None:
             self.scores.load_state_dict(ck.get("scores"))
@@ -252,7 +281,8 @@ class _Run:
             "torch_rng": torch.random.get_rng_state(), "source": self.source.state_dict(),
             "best_test_acc": best, "elapsed_s": elapsed, "config": self.cfg.to_dict(),
             "tracker": tracker.state_dict() if tracker else None, "selection": self.selection.state_dict(),
-            "scores": self.scores.state_dict() if self.scores else None})
+            "scores": self.scores.state_dict() if self.scores else None,
+            "train_rows": self.train_rows.cpu() if self.train_rows is not None else None})
 
     def save_best(self, epoch_done: int) -> None:
         """``model_best.pt``: the chosen epoch's model (``models``: every network, when there are several)."""
@@ -263,7 +293,7 @@ class _Run:
 
     def train(self, ck: dict[str, Any] | None) -> dict[str, Any]:
         """Run the epochs from ``ck`` (or from the start) and return the summary (every rank)."""
-        cfg, iters, nets = self.cfg, self.sizes.iters, len(self.nets)
+        cfg, iters, nets = self.cfg, self.sizes.iters, passes(self.source)
         res = self._restore(ck)
         # many/medium/few-shot groups by training class counts, reported for long-tailed runs
         groups = self.data.class_groups() if cfg.imbalance > 1 else (None, None)
@@ -297,7 +327,8 @@ class _Run:
         return self._summary()
 
     def _bar_name(self) -> str:
-        name = f"{self.cfg.method}/{self.cfg.meta_grad}" if self.cfg.method != "erm" else "erm"
+        name = f"{self.cfg.method}/{self.cfg.meta_grad}" if TRAINING_METHODS.get(self.cfg.method).meta \
+            else self.cfg.method
         return f"pseudo {name}" if self.cfg.meta_set == "pseudo" else name
 
     def _epochs(self, runner: EpochRunner, res: Resumed, metrics: MetricsWriter | None, groups) -> None:
@@ -310,10 +341,10 @@ class _Run:
                 if net.loss_fn is not None:
                     net.loss_fn.set_epoch(epoch)  # LDAM's deferred re-weighting
             state = self.source.begin_epoch(epoch, self.nets, pos.epoch_state if pos is not None else None)
-            pos = pos or EpochPosition.start(len(self.nets), self.data.train_x.device, state)
+            pos = pos or EpochPosition.start(passes(self.source), self.data.train_x.device, state)
             record = runner.run(epoch, step, pos, clock)
             record.update(self.source.record(epoch, self.nets, pos.epoch_state))
-            step += len(self.nets) * iters
+            step += passes(self.source) * iters
             pos = None
             self._end_epoch(epoch, step, record, res, metrics, groups, runner)
 

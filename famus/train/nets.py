@@ -17,6 +17,7 @@ from famus.meta.recipe import WARMUP, default_recipe
 from famus.models import MODELS, build_model
 from famus.train.config import TrainConfig
 from famus.train.data import RunData
+from famus.train.methods import is_meta
 from famus.train.step import Criterion, Precision
 
 AUTO_META_WARMUP = WARMUP  # steps; measured in docs/learning-quality.md
@@ -103,7 +104,8 @@ def _learner(cfg: TrainConfig, data: RunData, model: nn.Module, opt, loss_fn, se
 
 def build_net(cfg: TrainConfig, data: RunData, device: torch.device, precision: Precision | None = None,
               seed_offset: int = 0, method_options: dict[str, Any] | None = None) -> Net:
-    """Model, optimizer (``--optimizer``), per-example loss and meta learner (``None`` for ERM) of one network.
+    """Model, optimizer (``--optimizer``), per-example loss and meta learner (``None`` but for meta methods) of
+    one network.
 
     ``seed_offset`` gives a second network its own initialization (pseudo-clean co-training);
     ``method_options`` are added to the config's (e.g. pseudo mode's ``loss_fn`` and ``regularizer``).
@@ -116,7 +118,7 @@ def build_net(cfg: TrainConfig, data: RunData, device: torch.device, precision: 
     if cfg.loss == "ce":
         loss_fn = None  # F.cross_entropy as before, so plain runs stay bit-identical
     learner = None
-    if cfg.method != "erm":
+    if is_meta(cfg.method):  # ERM and the baselines train plain networks
         learner = _learner(cfg, data, model, opt, loss_fn, seed_offset, data.augmenter.normalize(data.train_x[:2]),
                            method_options or {})
     return Net(model, opt, learner, loss_fn, precision.scaler() if precision is not None else None)

@@ -15,15 +15,16 @@ def _zero(device, shape=()) -> Tensor:
 
 @dataclass
 class EpochPosition:
-    """Which network trains (``k``), its finished iterations and batch order, and the epoch's metric sums.
+    """Which pass is under way (``k``: network ``k``'s, or a joint source's one pass), its finished iterations
+    and batch order, and the epoch's metric sums.
 
     ``epoch_state`` is the batch source's per-epoch state (pseudo mode: the GMM splits).
     """
 
-    k: int  # the network whose pass is under way
+    k: int  # the pass under way
     it: int  # its finished iterations
     perm: Tensor | None  # its pass's batch order (sources that shuffle)
-    loss_sum: Tensor  # (nets,) float64 sums of the sampled losses, per network
+    loss_sum: Tensor  # (passes,) float64 sums of the sampled losses, per pass
     meta_sum: Tensor  # float64 sums over the steps with a meta update
     clean_mass: Tensor
     bad: Tensor  # a NaN or inf loss not yet reported
@@ -39,12 +40,12 @@ class EpochPosition:
 
     @classmethod
     def start(cls, nets: int, device: torch.device, epoch_state: dict[str, Any]) -> EpochPosition:
-        """A new epoch of ``nets`` networks' passes."""
+        """A new epoch of ``nets`` passes."""
         return cls(0, 0, None, _zero(device, (nets,)), _zero(device), _zero(device),
                    torch.zeros((), device=device, dtype=torch.bool), _zero(device), epoch_state=epoch_state)
 
     def next_network(self, k: int) -> None:
-        """Start network ``k``'s pass (keeps the position if it is already there)."""
+        """Start pass ``k`` (keeps the position if it is already there)."""
         if k != self.k:
             self.k, self.it, self.perm = k, 0, None
 
@@ -73,6 +74,6 @@ class EpochPosition:
                    state.get("quality"), list(state.get("windows", [])), dict(state.get("epoch_state") or {}))
 
     def fits(self, nets: int, n: int, iters: int) -> bool:
-        """Whether the position fits a run of ``nets`` networks, ``n`` training examples, ``iters`` per pass."""
+        """Whether the position fits a run of ``nets`` passes, ``n`` training examples, ``iters`` per pass."""
         return (0 <= self.k < nets and 0 <= self.it <= iters and self.loss_sum.shape == (nets,)
                 and (self.perm is None or self.perm.shape == (n,)))

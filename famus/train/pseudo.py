@@ -76,7 +76,7 @@ class PseudoSource:
     ``train_loss`` averages the losses of every ``log_every``-th step, as pseudo mode always has.
     """
 
-    nets, per_example = 2, False
+    nets, per_example, joint = 2, False, False
 
     def __init__(self, cfg: TrainConfig, data: RunData, gen: torch.Generator, batch: int, iters: int) -> None:
         self.opts, self.data, self.gen, self.batch, self.iters = cfg.pseudo(), data, gen, batch, iters

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from famus.train.batches import passes
 from famus.train.checkpoint import CorruptFileError
 from famus.train.nets import Net
 from famus.train.position import EpochPosition
@@ -45,7 +46,7 @@ def net_states(ck: dict[str, Any]) -> list[dict[str, Any]]:
 
 def restore(ck: dict[str, Any], path: Path, nets: list[Net], gen: torch.Generator, source, n: int,
             iters: int, device: torch.device) -> Resumed:
-    """Load ``ck`` into the networks, random streams and batch source; ``n`` training examples.
+    """Load ``ck`` into the networks, random streams and batch source; ``n`` training examples (trained on).
 
     Raises:
         CorruptFileError: the checkpoint does not fit the run (missing keys, wrong shapes).
@@ -59,7 +60,7 @@ def restore(ck: dict[str, Any], path: Path, nets: list[Net], gen: torch.Generato
         position = None
         if ck.get("position") is not None:
             position = EpochPosition.from_state(ck["position"], device)
-            if not position.fits(len(nets), n, iters):
+            if not position.fits(passes(source), n, iters):
                 raise ValueError("its mid-epoch position does not fit the training set")
         best = ck["best_test_acc"]
         return Resumed(int(ck["epoch"]), int(ck["step"]), None if best is None else float(best),

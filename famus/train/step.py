@@ -55,6 +55,13 @@ def erm_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
     """
     with precision.autocast() if precision is not None else nullcontext():
         loss = criterion(upcast(logits_of(model(x)), torch.float32), y)
+    return apply_loss(model, opt, loss, scaler)
+
+
+def apply_loss(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor,
+               scaler: torch.amp.GradScaler | None = None) -> Tensor:
+    """The update half of a plain step: backward of the 0-d ``loss`` (scaled for float16), the gradients
+    averaged over processes, the optimizer step. Returns ``loss`` (several processes: the ranks' mean)."""
     opt.zero_grad(set_to_none=True)
     (loss if scaler is None else scaler.scale(loss)).backward()
     if dist.is_distributed():  # DDP-style: the union batch's mean loss is the mean of the ranks' means

@@ -80,7 +80,7 @@ def _err(capsys):
         (["--noise-rate", "1.5"], "noise rate must be in [0, 1]"),
         (["--dataset", "nope"], "unknown dataset 'nope'; valid datasets: arrays, cifar10"),
         (["--model", "nope"], "unknown model 'nope'"),
-        (["--method", "nope"], "unknown method 'nope'; valid methods: l2r, mlc, mwnet"),
+        (["--method", "nope"], "unknown method 'nope'; valid methods: coteaching, erm, l2r, mlc, mwnet, prune"),
         (["--meta-grad", "nope"], "unknown engine 'nope'"),
         (["--noise", "nope"], "unknown noise 'nope'"),
         (["--meta-per-class", "1000"], "meta set needs 1000 examples per class"),

@@ -1,0 +1,47 @@
+"""The training-method registry: every ``--method`` name trains through the one API, and an unknown one
+lists them all."""
+
+import pytest
+
+from famus.meta import METHODS
+from famus.registry import UnknownNameError
+from famus.train import TrainConfig, train
+from famus.train.checkpoint import load_checkpoint
+from famus.train.methods import TRAINING_METHODS, check_method, is_meta
+
+COMMON = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, lr=0.05, progress=False, threads=1,
+              noise="symmetric", noise_rate=0.4, epochs=1, train_subset=600)
+OPTIONS = {"prune": {"folds": 2}}  # the fewest folds: a quick run
+
+
+def test_the_registry_holds_erm_every_meta_method_and_the_baselines():
+    assert set(TRAINING_METHODS) == {"erm", "coteaching", "prune", *METHODS.names()}
+    assert [m for m in TRAINING_METHODS if is_meta(m)] == METHODS.names()
+    with pytest.raises(UnknownNameError, match="unknown method 'nope'; valid methods: coteaching, erm, l2r, mlc"):
+        check_method(TrainConfig(method="nope"))
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS.names())
+def test_every_method_trains_from_the_api(tmp_path, method):
+    out = tmp_path / method
+    summary = train({**COMMON, "method": method, "method_options": OPTIONS.get(method, {}), "out": str(out)})
+    assert summary["epochs"] == 1 and 0.1 < summary["last_test_acc"] <= 1.0
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert len(ck["nets"]) == (2 if method == "coteaching" else 1)
+    assert (ck["nets"][0]["learner"] is not None) == is_meta(method)
+
+
+@pytest.mark.parametrize("method", ["coteaching", "prune"])
+def test_baselines_refuse_several_processes(monkeypatch, method):
+    import famus.distributed as fdist
+    from famus.train.loop import _check_distributed
+
+    monkeypatch.setattr(fdist, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match=f"--method {method} does not run on several processes"):
+        _check_distributed(TrainConfig(dataset="digits", method=method))
+
+
+def test_coteaching_takes_bf16_and_a_loss(tmp_path):
+    summary = train({**COMMON, "method": "coteaching", "amp": "bf16", "loss": "focal", "epochs": 2,
+                     "out": str(tmp_path / "r")})
+    assert summary["epochs"] == 2 and summary["last_test_acc"] > 0.3
