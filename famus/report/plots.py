@@ -1,23 +1,24 @@
-"""The report's figures, drawn headless with matplotlib's Agg backend (no pyplot, no display).
+"""The report's figures on speed and on the meta gradient: stage times, meta gradient, tracked weights, layers.
 
 Each ``plot_*`` function takes :class:`~famus.report.runs.Run` objects and returns a
 :class:`Plot` (a figure, what it shows, and which runs it leaves out and why), or ``None``
-when no run has the data for it. :func:`to_png` renders a figure to PNG bytes.
+when no run has the data for it. :func:`to_png` renders a figure to PNG bytes. The other figures:
+:mod:`~famus.report.curves` (accuracy, losses), :mod:`~famus.report.classes` (per class),
+:mod:`~famus.report.health` (the weighting's health check), :mod:`~famus.report.suspects` (clean
+scores, likely label errors), :mod:`~famus.report.quality` (weight quality on injected noise).
 """
 
 from __future__ import annotations
 
-import io
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from famus.meta.engines.base import STAGES  # the paper's Fig. 1b split of one iteration
+from famus.report.curves import plot_accuracy  # noqa: F401 (where it has always been importable from)
+from famus.report.figure import DPI, Plot, _legend, _series, new_figure, run_color, to_png  # noqa: F401
 from famus.report.runs import Run, num
 
 STAGE_COLORS = {
@@ -33,82 +34,6 @@ TOTAL_COLOR = "#969696"
 CLEAN_COLOR = "#1f77b4"
 NOISY_COLOR = "#d62728"
 MAX_LAYERS_SHOWN = 40  # beyond this, layers that were never on are left out of the layer chart
-DPI = 110
-
-
-@dataclass
-class Plot:
-    """One figure of the report.
-
-    Attributes:
-        figure: the matplotlib figure (Agg canvas attached).
-        title: a short title for the page.
-        caption: what it shows (one or two sentences).
-        left_out: one line per run or part left out, and why.
-    """
-
-    figure: Figure
-    title: str
-    caption: str
-    left_out: list[str] = field(default_factory=list)
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A figure on an Agg canvas (headless, independent of pyplot's global state)."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def to_png(fig: Figure) -> bytes:
-    """Render ``fig`` to PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
-def run_color(i: int) -> str:
-    """The colour of the ``i``-th run, the same in every figure."""
-    return f"C{i % 10}"
-
-
-def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(num(r, x), num(r, y)) for r in records]
-    pts = [(a, b) for a, b in pts if a is not None and b is not None]
-    return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
-
-
-def _legend(ax, **kw) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", **kw)
-
-
-# ---------------------------------------------------------------------------- accuracy
-def plot_accuracy(runs: list[Run]) -> Plot | None:
-    """Test accuracy (%) against training step and against wall-clock training time, all runs."""
-    fig = new_figure(11, 4.2)
-    ax_step, ax_time = fig.subplots(1, 2, sharey=True)
-    left_out, drawn = [], 0
-    for i, run in enumerate(runs):
-        if not run.metrics:
-            continue
-        for ax, x, what in ((ax_step, "step", "step"), (ax_time, "wall_time_s", "wall_time_s")):
-            xs, ys = _series(run.metrics, x, "test_acc")
-            if len(xs):
-                ax.plot(xs, ys * 100, marker="o", markersize=3, color=run_color(i), label=run.label)
-                drawn += 1
-            else:
-                left_out.append(f"{run.name}: no {what}/test_acc numbers (against {what})")
-    if not drawn:
-        return None
-    ax_step.set(xlabel="training step (iterations)", ylabel="test accuracy (%)", title="Test accuracy vs step")
-    ax_time.set(xlabel="wall-clock training time (s)", title="Test accuracy vs wall-clock time")
-    for ax in (ax_step, ax_time):
-        ax.grid(alpha=0.3)
-    _legend(ax_step, loc="best")
-    return Plot(fig, "Test accuracy",
-                "Test accuracy after each epoch, against training steps (left) and against wall-clock "
-                "training time, evaluation excluded (right).", left_out)
 
 
 # ---------------------------------------------------------------------------- stage times

@@ -16,6 +16,8 @@ not noise was injected:
     deliberately wrong label (drawn once per run): the probability that the right label weighs more
     (ties half). The same scale as the weight AUROC on injected noise (0.5: no separation), on
     examples the model never trained on, for symmetric-like label errors.
+  - ``probe_hard_auc``: the same with the most plausible wrong label (the model's likeliest other
+    class at that moment): pair-like label errors, as confusions between similar classes are.
   - ``probe_vs_train``: the probability that a trusted validation example weighs more than a
     training example (a fixed sample of ``PROBE_TRAIN`` of them). If the clean training examples
     weigh like the trusted ones, this is ``(1 - p) * 0.5 + p * AUROC`` for a noise fraction ``p``;
@@ -60,7 +62,7 @@ MIN_META_STEPS = 50  # no verdict before this many meta updates
 FLAT_CV = 0.1  # coefficient of variation of the relative weights below which the weighting is flat
 COLLAPSE_V = 0.01  # MW-Net: V(loss) below this at every recorded loss
 COLLAPSE_ZERO = 0.9  # L2R: share of examples weighing (nearly) 0
-INVERT_RATIO = 1.1  # MW-Net: V at high losses over V at low losses above this
+INVERT_RATIO = 1.1  # MW-Net: V(5) over the largest V at losses <= 1 above this
 PROBE_Z = 2.0  # probe AUC this many standard errors from 0.5 is a verdict
 
 
@@ -287,6 +289,22 @@ def probe_weights(learner, x: Tensor, y: Tensor, norm, xm: Tensor, ym: Tensor, s
     return torch.cat(out)
 
 
+@torch.no_grad()
+def runner_up(learner, x: Tensor, y: Tensor, norm, size: int) -> Tensor:
+    """``(n,)`` the model's likeliest class other than ``y`` for stored rows ``x``: the most plausible wrong label
+    (train-mode forward on copied buffers, as the weights are computed)."""
+    model = learner.model
+    params = dict(model.named_parameters())
+    out = []
+    with _untouched(model):
+        for s in _chunks(x.shape[0], size):
+            state = {**params, **{k: b.clone() for k, b in model.named_buffers()}}
+            logits = forward(model, state, norm(x[s])).float()
+            logits[torch.arange(logits.shape[0], device=logits.device), y[s]] = -torch.inf
+            out.append(logits.argmax(1))
+    return torch.cat(out)
+
+
 def run_probe(probe: Probe, learner, data, size: int, autocast) -> dict[str, Any]:
     """The probe's AUCs at the current state (see the module docstring); ``{}`` for methods without weights.
 
@@ -301,9 +319,10 @@ def run_probe(probe: Probe, learner, data, size: int, autocast) -> dict[str, Any
                            probe.ym, size)
         wv = probe_weights(learner, probe.x, probe.y, norm, xm, probe.ym, size)
         ww = probe_weights(learner, probe.x, probe.y_wrong, norm, xm, probe.ym, size)
+        wh = probe_weights(learner, probe.x, runner_up(learner, probe.x, probe.y, norm, size), norm, xm, probe.ym, size)
     s, p = wt.numel(), wv.numel()
-    out = {"probe_flip_auc": auc(wv, ww), "probe_vs_train": auc(wv, wt), "probe_se": round(null_se(p, p), 6),
-           "probe_train_se": round(null_se(p, s), 6), "probe_n": p}
+    out = {"probe_flip_auc": auc(wv, ww), "probe_hard_auc": auc(wv, wh), "probe_vs_train": auc(wv, wt),
+           "probe_se": round(null_se(p, p), 6), "probe_train_se": round(null_se(p, s), 6), "probe_n": p}
     if data.noise_known:  # the truth on the same sample, for docs/health-check.md
         bad = data.corrupted[probe.train_idx].cpu()
         out["sample_auroc"] = auc(wt.cpu()[~bad], wt.cpu()[bad])
@@ -340,17 +359,44 @@ def assess(method: str, window: dict[str, Any], probe: dict[str, Any] | None, me
     if cv is not None and cv < FLAT_CV and not out:
         out.append(f"flat: weights within {cv:.1%} (cv) of uniform")
     if balanced and method == "mwnet" and isinstance(v, dict):
-        lo = [v[k] for k in ("0.1", "0.3") if k in v]
-        hi = [v[k] for k in ("2", "3", "5") if k in v]
-        if lo and hi and sum(hi) / len(hi) > INVERT_RATIO * sum(lo) / len(lo):
-            out.append("inverted: V(loss) rises with the loss")
-    if probe and probe.get("probe_flip_auc") is not None and balanced:
-        a, se = probe["probe_flip_auc"], probe.get("probe_se") or 0.0
+        low = [v[k] for k in ("0.1", "0.3", "1") if k in v]  # losses of examples the model gets right
+        if low and v.get("5") is not None and v["5"] > INVERT_RATIO * max(low):
+            out.append(f"inverted: V(loss) rises with the loss (V(5) = {v['5']:.2g} > V(l <= 1) <= {max(low):.2g})"
+                       + _clean_hint(probe))
+    a = probe_auc(probe)
+    if a is not None and balanced:
+        se = probe.get("probe_se") or 0.0
         if a < 0.5 - PROBE_Z * se and not any(m.startswith("inverted") for m in out):
-            out.append(f"inverted: wrong labels weigh more than trusted ones on the probe (AUC {a:.2f})")
+            out.append(f"inverted: both kinds of wrong labels weigh more than trusted ones on the probe (AUC {a:.2f})"
+                       + _clean_hint(probe))
         elif abs(a - 0.5) <= PROBE_Z * se and not out:
             out.append(f"not separating: the probe's wrong labels weigh as much as its trusted ones (AUC {a:.2f})")
     return out
+
+
+def probe_auc(probe: dict[str, Any] | None) -> float | None:
+    """The probe's verdict AUC: the larger of the random and the plausible wrong label's (``None``: no probe).
+
+    Each tracks the true weight AUROC of its own kind of noise (symmetric, pair-like; docs/health-check.md)
+    and can miss the other kind, so a weighting that separates either kind passes.
+    """
+    if not probe:
+        return None
+    vals = [probe.get(k) for k in ("probe_flip_auc", "probe_hard_auc")]
+    vals = [v for v in vals if isinstance(v, (int, float))]
+    return max(vals) if vals else None
+
+
+def _clean_hint(probe: dict[str, Any] | None) -> str:
+    """When trusted and training examples weigh alike (``probe_vs_train`` near 0.5), the training labels look
+    clean: then V rising with the loss up-weights hard examples, which is no failure."""
+    if not probe or probe.get("probe_vs_train") is None:
+        return ""
+    vs, se = probe["probe_vs_train"], probe.get("probe_train_se") or 0.0
+    if abs(vs - 0.5) <= PROBE_Z * se:
+        return (f"; but training examples weigh like trusted ones (AUC {vs:.2f}), so the training labels look "
+                "clean and up-weighting hard examples may be right")
+    return ""
 
 
 def short(flags: list[str]) -> str:

@@ -67,11 +67,18 @@ def test_assess_warnings():
     low = {k: v / 100 for k, v in ok_v.items()}
     assert assess("mwnet", {"w_cv": 0.5, "v_curve": low}, None, 100)[0].startswith("collapsing")
     rising = dict(zip(ok_v, sorted(ok_v.values())))
-    assert assess("mwnet", {"w_cv": 0.5, "v_curve": rising}, None, 100) == ["inverted: V(loss) rises with the loss"]
+    assert assess("mwnet", {"w_cv": 0.5, "v_curve": rising}, None, 100)[0].startswith("inverted: V(loss) rises")
+    hump = {"0.1": 0.05, "0.3": 0.1, "1": 0.28, "2": 0.17, "3": 0.07, "5": 0.01}  # a working MW-Net (measured)
+    assert assess("mwnet", {"w_cv": 1.1, "v_curve": hump}, None, 100) == []
     assert assess("mwnet", {"w_cv": 0.5, "v_curve": rising}, None, 100, balanced=False) == []  # a long tail
     assert assess("l2r", {"w_cv": 2.0, "zero_share": 0.95}, None, 100)[0].startswith("collapsing")
-    inv = assess("l2r", {"w_cv": 1.0, "zero_share": 0.3}, {"probe_flip_auc": 0.3, "probe_se": 0.04}, 100)
-    assert inv[0].startswith("inverted") and "0.30" in inv[0]
+    probe = {"probe_flip_auc": 0.3, "probe_hard_auc": 0.2, "probe_se": 0.04, "probe_vs_train": 0.4,
+             "probe_train_se": 0.03}
+    inv = assess("l2r", {"w_cv": 1.0, "zero_share": 0.3}, probe, 100)
+    assert inv == ["inverted: both kinds of wrong labels weigh more than trusted ones on the probe (AUC 0.30)"]
+    clean = assess("l2r", {"w_cv": 1.0}, {**probe, "probe_vs_train": 0.52}, 100)  # training weighs like trusted
+    assert "the training labels look clean" in clean[0]
+    assert assess("l2r", {"w_cv": 1.0}, {**probe, "probe_hard_auc": 0.9}, 100) == []  # pair-like errors separated
     assert assess("l2r", {"w_cv": 1.0}, {"probe_flip_auc": 0.52, "probe_se": 0.04}, 100)[0].startswith("not sep")
     assert assess("mlc", {"t_diag": 0.12, "num_classes": 10}, None, 100)[0].startswith("flat")
     assert assess("mlc", {"t_diag": 0.8, "num_classes": 10}, None, 100) == []
