@@ -196,7 +196,7 @@ def plot_meta_gradient(runs: list[Run], method: str) -> Plot | None:
 def weight_records(run: Run) -> list[dict[str, Any]]:
     """Tracked records with a usable ``weights`` entry, in step order."""
     recs = [r for r in _tracked(run, "weights") if isinstance(r["weights"].get("clean"), list)
-            and isinstance(r["weights"].get("noisy"), list)]
+            and isinstance(r["weights"].get("noisy"), list) or isinstance(r["weights"].get("all"), list)]
     return sorted(recs, key=lambda r: r["step"])
 
 
@@ -239,15 +239,18 @@ def plot_weights(run: Run, steps: list[int] | None = None) -> Plot | None:
     data = []
     for step, req in picks:
         w = by_step[step]["weights"]
-        n = num(w, "n") or (len(w["clean"]) + len(w["noisy"]))
-        data.append((step, req, w, _values(w["clean"], n), _values(w["noisy"], n)))
-    hi = max([float(v.max()) for *_, c, nz in data for v in (c, nz) if v.size] + [1.0])
-    bins = np.linspace(0.0, hi * 1.001, 26)
-    for ax, (step, req, w, clean, noisy) in zip(axes, data):
-        if clean.size:
-            ax.hist(clean, bins=bins, color=CLEAN_COLOR, alpha=0.6, label=f"clean labels ({clean.size})")
-        if noisy.size:
-            ax.hist(noisy, bins=bins, color=NOISY_COLOR, alpha=0.6, label=f"noisy labels ({noisy.size})")
+        clean, noisy, every = (w.get(k) if isinstance(w.get(k), list) else [] for k in ("clean", "noisy", "all"))
+        n = num(w, "n") or (len(clean) + len(noisy) + len(every))
+        data.append((step, req, w, _values(clean, n), _values(noisy, n), _values(every, n)))
+    # scaled to where the weights are: a few outliers beyond the 99th percentile go into the last bin
+    pooled = np.concatenate([v for *_, c, nz, a in data for v in (c, nz, a)] + [np.ones(1)])
+    hi = max(float(np.percentile(pooled, 99)), 1.0) * 1.05
+    bins = np.linspace(0.0, hi, 26)
+    for ax, (step, req, w, clean, noisy, every) in zip(axes, data):
+        for vals, color, label in ((clean, CLEAN_COLOR, "clean labels"), (noisy, NOISY_COLOR, "noisy labels"),
+                                   (every, "#4c72b0", "all examples (no noise mask)")):
+            if vals.size:
+                ax.hist(np.minimum(vals, hi * 0.999), bins=bins, color=color, alpha=0.6, label=f"{label} ({vals.size})")
         ax.axvline(1.0, color="black", lw=0.8, ls=":")
         share = num(w, "clean_share")
         epoch = num(by_step[step], "epoch")
@@ -263,8 +266,9 @@ def plot_weights(run: Run, steps: list[int] | None = None) -> Plot | None:
     fig.suptitle(f"Example weights: {run.label}")
     return Plot(fig, f"Example weights: {run.label}",
                 "Histograms of the per-example weights of one training batch at tracked steps, split by "
-                "whether the training label is corrupted (clean blue, noisy red), scaled by the batch size "
-                "so that 1 is plain ERM's weight.")
+                "whether the training label is corrupted (clean blue, noisy red; one histogram where the noise was "
+                "not injected), scaled by the batch size so that 1 is plain ERM's weight; the x axis ends at the "
+                "99th percentile (larger weights are counted in the last bin).")
 
 
 # ---------------------------------------------------------------------------- layers

@@ -139,7 +139,8 @@ class EpochRunner:
             stats = net.learner.step(batch.x, batch.y, xm, ym, scaler=net.scaler)
         if track:
             with clock.paused():  # tracking is analysis, not training time
-                self.tracker.record(step_no, epoch + 1, net.learner, batch.x, batch.y, xm, ym, stats, batch.corrupted)
+                corrupted = batch.corrupted if self.data.noise_known else None  # no noise mask: no split
+                self.tracker.record(step_no, epoch + 1, net.learner, batch.x, batch.y, xm, ym, stats, corrupted)
         self._account(stats, batch, pos, quality)
         return stats.train_loss
 
