@@ -223,9 +223,17 @@ def learning_warnings(run_dir: Path, score: np.ndarray, info: dict[str, Any], nu
     if sep is not None and sep < MIN_SEPARATION:
         out.append(f"the clean scores do not split into two groups (separation {sep:.2f} < {MIN_SEPARATION}): the "
                    "flagged set is a guess")
-    health = last.get("health") if isinstance(last.get("health"), dict) else {}
-    if summary.get("clean_score") == "meta_weight" and health:
-        flags = [f for f in health.get("flags") or [] if isinstance(f, str)]
+    if summary.get("clean_score") == "meta_weight" and isinstance(last.get("health"), dict):
+        from famus.train.health import recheck
+        from famus.yamlload import safe_load
+
+        try:
+            cfg = safe_load((run_dir / "config.yaml").read_text())
+        except (OSError, ValueError):
+            cfg = None
+        cfg = cfg if isinstance(cfg, dict) else {}
+        balanced = cfg.get("imbalance", 1) in (1, 1.0, None) and cfg.get("loss", "ce") in ("ce", None)
+        flags = recheck(rows, str(cfg.get("method", "")), balanced)[-1]
         out += [f"the meta weighting's health check at the last epoch: {f}" for f in flags]
     return out
 

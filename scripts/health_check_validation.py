@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from famus.report.runs import load_run  # noqa: E402
-from famus.train.health import assess, probe_auc  # noqa: E402
+from famus.train.health import probe_auc, recheck  # noqa: E402
 
 
 def truth_of(auroc: float, good: float) -> str:
@@ -43,15 +43,11 @@ def run_rows(path: Path, good: float) -> list[dict]:
         pass
     cfg = run.config
     balanced = float(cfg.get("imbalance", 1) or 1) == 1 and cfg.get("loss", "ce") == "ce"
-    rows, meta_done = [], 0
-    for r in run.metrics:
-        meta_done += int(r.get("meta_steps") or 0)
+    rows = []
+    for r, flags in zip(run.metrics, recheck(run.metrics, run.method, balanced)):
         h = r.get("health")
         if not isinstance(h, dict) or h.get("sample_auroc") is None or probe_auc(h) is None:
             continue
-        windows = r.get("health_steps") or [{}]
-        window = {**h, **windows[-1], "num_classes": len(h.get("class_weight") or []) or None}
-        flags = assess(run.method, window, h, meta_done, balanced)
         a, t = probe_auc(h), h["sample_auroc"]
         vs = h.get("probe_vs_train")
         rows.append({

@@ -15,7 +15,7 @@ import numpy as np
 
 from famus.report.figure import Plot, legend, new_figure
 from famus.report.runs import Run, num
-from famus.train.health import PROBE_Z, probe_auc
+from famus.train.health import PROBE_Z, probe_auc, recheck
 
 NO_PROBE = ("no probe: the run has no validation data (pass --val-per-class k, or give a val/ folder, to hold out "
             "trusted examples the meta model never trains on)")
@@ -214,11 +214,13 @@ def health_lines(run: Run) -> list[str]:
     elif run.method in ("mwnet", "l2r"):
         out.append(NO_PROBE)
     raised: dict[str, list[int]] = {}
-    for r in recs:
-        for f in r["health"].get("flags") or []:
-            if isinstance(f, str):
-                raised.setdefault(f.split(":")[0], []).append(int(num(r, "epoch") or 0))
-    flags = [f for f in last.get("flags") or [] if isinstance(f, str)]
+    cfg = run.config
+    balanced = cfg.get("imbalance", 1) in (1, 1.0, None) and cfg.get("loss", "ce") in ("ce", None)
+    checked = recheck(recs, run.method, balanced)  # the current rule on the logged numbers
+    for r, found in zip(recs, checked):
+        for f in found:
+            raised.setdefault(f.split(":")[0], []).append(int(num(r, "epoch") or 0))
+    flags = checked[-1]
     out += [f"warning at the last epoch: {f}" for f in flags]
     for kind, eps in raised.items():
         out.append(f"'{kind}' raised at {len(eps)} of {len(recs)} epochs ({_epochs(eps)})")

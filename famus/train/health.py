@@ -399,6 +399,31 @@ def _clean_hint(probe: dict[str, Any] | None) -> str:
     return ""
 
 
+def recheck(records: list[dict[str, Any]], method: str, balanced: bool = True) -> list[list[str]]:
+    """The warnings of each ``metrics.jsonl`` epoch record, recomputed by :func:`assess` from its logged numbers
+    (the epoch's ``health`` with its last window's), so a run logged by an older rule is judged by the current
+    one. Records without a health check, or with unusable numbers, get no warning."""
+    out, meta_done = [], 0
+    for r in records:
+        steps = r.get("meta_steps")
+        meta_done += steps if isinstance(steps, int) and not isinstance(steps, bool) else 0
+        h = r.get("health")
+        if not isinstance(h, dict):
+            out.append([])
+            continue
+        wins = r.get("health_steps")
+        last = wins[-1] if isinstance(wins, list) and wins and isinstance(wins[-1], dict) else {}
+        cw = h.get("class_weight")
+        window = {**h, **last, "num_classes": len(cw) if isinstance(cw, list) and cw else None}
+        if not isinstance(window.get("v_curve"), dict) and isinstance(r.get("v_curve"), dict):
+            window["v_curve"] = r["v_curve"]
+        try:
+            out.append(assess(method, window, h, meta_done, balanced))
+        except (TypeError, ValueError, AttributeError):  # a hand-edited or damaged record
+            out.append([])
+    return out
+
+
 def short(flags: list[str]) -> str:
     """The progress line's word for ``flags`` (their first words)."""
     return ",".join(dict.fromkeys(f.split(":")[0] for f in flags))

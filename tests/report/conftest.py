@@ -62,7 +62,7 @@ def health_record(e: int, epochs: int, classes: int = 3) -> dict:
 
     counts = [0] * BINS
     counts[40], counts[49], counts[55] = 10 * e, 50, 20 * (epochs - e + 1)
-    return {"w_q": [0.2, 0.8, 1.0, 1.3, 2.0], "w_cv": 0.6, "zero_share": 0.0,
+    return {"w_q": [0.2, 0.8, 1.0, 1.3, 2.0], "w_cv": 0.05 if e == 1 else 0.6, "zero_share": 0.0,
             "weight_hist": {"edges": bin_edges(), "counts": counts}, "class_weight": [0.9, 1.0, 1.1][:classes],
             "probe_flip_auc": 0.6 + 0.1 * e, "probe_vs_train": 0.55, "probe_se": 0.04, "probe_train_se": 0.03,
             "probe_n": 30, "flags": ["flat: weights within 5.0% (cv) of uniform"] if e == 1 else []}
@@ -94,11 +94,12 @@ def write_run(root: Path, name: str, method="mwnet", engine="famus", epochs=3, i
         if method != "erm":
             rec.update(meta_loss=0.9 / e, clean_weight_share=0.6 + 0.05 * e,
                        stage_time_s={s: it / 8 for s in STAGES})
-            if extras:
+            if extras:  # the first epoch's weights are flat (a warning)
+                rec["meta_steps"] = 60
                 rec["health"] = health_record(e, epochs)
                 rec["health_steps"] = [{"step": (e - 1) * iters + k, "w_q": [0.2, 0.7, 1.0, 1.2, 1.9 + 0.1 * e],
-                                        "w_cv": 0.5, "zero_share": 0.0, "meta_steps": 5, "flags": []}
-                                       for k in (iters // 2, iters)]
+                                        "w_cv": 0.05 if e == 1 else 0.5, "zero_share": 0.0, "meta_steps": 5,
+                                        "flags": []} for k in (iters // 2, iters)]
             if engine == "famus":
                 rec["gate_rate"] = {"conv": 0.2 * e / epochs, "hidden": 0.5, "fc": 1.0}
             rec["quality_steps"] = [{"step": (e - 1) * iters + k, "weight_auroc": 0.5 + 0.1 * e, "clean_lift": 0.05 * e,

@@ -17,6 +17,7 @@ from famus.train.health import (
     bin_edges,
     hist_quantiles,
     null_se,
+    recheck,
 )
 
 
@@ -135,3 +136,13 @@ def test_no_noise_mask_no_clean_fields_and_no_probe_without_validation(tmp_path)
     assert "probe_flip_auc" not in h and "sample_auroc" not in h  # no validation set: no probe
     assert set(rows[-1]["v_curve"]) == {"0.1", "0.3", "1", "2", "3", "5"}
     assert all("v_curve" in w and "w_q" in w for w in rows[-1]["health_steps"])
+
+
+def test_recheck_judges_logged_numbers_by_the_current_rule():
+    good = {"probe_flip_auc": 0.4, "probe_hard_auc": 0.9, "probe_se": 0.03, "w_cv": 0.6, "flags": ["not separating"]}
+    recs = [{"epoch": 1, "meta_steps": 40, "health": good}, {"epoch": 2, "meta_steps": 40, "health": good},
+            {"epoch": 3, "meta_steps": 40, "health": {**good, "probe_hard_auc": 0.45}},
+            {"epoch": 4, "meta_steps": 40, "health": {"w_cv": "oops", "v_curve": {"5": "x"}}}, {"epoch": 5}]
+    flags = recheck(recs, "mwnet")
+    assert flags[0] == [] and flags[1] == []  # first: too early; second: plausible wrong labels are separated
+    assert flags[2][0].startswith("not separating") and flags[3] == [] and flags[4] == []
