@@ -196,6 +196,7 @@ def flag_issues(score: np.ndarray, given: np.ndarray, seed: int = 0) -> tuple[np
 CHANCE_MARGIN = 0.25  # accuracy below chance + this share of the way to 1 is "near chance"
 MIN_SEPARATION = 2.0  # Ashman's D of the score mixture
 MIN_SPREAD = 0.05  # interquartile range of the scores over their median
+MIN_META_UPDATES = 50  # meta updates before a meta weighting is judged (famus.train.health.MIN_META_STEPS)
 
 
 def learning_warnings(run_dir: Path, score: np.ndarray, info: dict[str, Any], num_classes: int | None) -> list[str]:
@@ -223,6 +224,10 @@ def learning_warnings(run_dir: Path, score: np.ndarray, info: dict[str, Any], nu
     if sep is not None and sep < MIN_SEPARATION:
         out.append(f"the clean scores do not split into two groups (separation {sep:.2f} < {MIN_SEPARATION}): the "
                    "flagged set is a guess")
+    meta = sum(r["meta_steps"] for r in rows if isinstance(r.get("meta_steps"), int))
+    if summary.get("clean_score") == "meta_weight" and rows and meta < MIN_META_UPDATES:
+        out.append(f"the meta-learner made only {meta} meta updates in {len(rows)} epochs: its weights (the clean "
+                   f"scores) are barely trained (train for at least {MIN_META_UPDATES})")
     if summary.get("clean_score") == "meta_weight" and isinstance(last.get("health"), dict):
         from famus.train.health import recheck
         from famus.yamlload import safe_load
@@ -233,7 +238,7 @@ def learning_warnings(run_dir: Path, score: np.ndarray, info: dict[str, Any], nu
             cfg = None
         cfg = cfg if isinstance(cfg, dict) else {}
         balanced = cfg.get("imbalance", 1) in (1, 1.0, None) and cfg.get("loss", "ce") in ("ce", None)
-        flags = recheck(rows, str(cfg.get("method", "")), balanced)[-1]
+        flags = recheck(rows, str(cfg.get("method", "")), balanced, min_steps=0)[-1]  # the final state, however short
         out += [f"the meta weighting's health check at the last epoch: {f}" for f in flags]
     return out
 

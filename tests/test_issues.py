@@ -45,7 +45,7 @@ def _run(tmp_path, score, given, predicted, metrics=None, summary=None, names=("
     (run / "config.yaml").write_text("method: mwnet\n")
     (run / "summary.json").write_text(json.dumps({"clean_score": "meta_weight", "data_root": str(tmp_path / "data"),
                                                   **(summary or {})}))
-    rows = metrics or [{"epoch": 30, "val_acc": 0.9, "test_acc": 0.88}]
+    rows = metrics or [{"epoch": 30, "val_acc": 0.9, "test_acc": 0.88, "meta_steps": 3000}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run
 
@@ -96,14 +96,20 @@ def test_warnings_when_the_model_has_not_learned(tmp_path, capsys):
     issues = famus.label_issues(run)
     text = "\n".join(issues.warnings)
     assert "accuracy is 30.0%, near chance (25.0% for 4 classes)" in text and "it ran 1 epochs" in text
+    assert "only 60 meta updates" not in text  # 60 is enough to judge
+    (tmp_path / "few").mkdir()
+    few = famus.label_issues(_run(tmp_path / "few", flat, given, given, metrics=[{"epoch": 3, "meta_steps": 9}]))
+    assert "made only 9 meta updates in 1 epochs" in "\n".join(few.warnings)
     assert "nearly constant" in text and "health check at the last epoch: flat" in text
     parser = add_arguments(argparse.ArgumentParser())
     assert run_cli(parser.parse_args([str(run), "--top", "3", "--export", str(tmp_path / "x")])) == 0
     out, err = capsys.readouterr()
     assert "flagged" in out and "wrote" in out and (tmp_path / "x" / "kept.txt").is_file()
     assert err.count("famus issues: warning:") == len(issues.warnings) >= 3
-    good = _run(tmp_path / "g", *_scores(300)[::2], _scores(300)[2]) if (tmp_path / "g").mkdir() is None else None
-    assert famus.label_issues(good).warnings == []  # a trained model, scores in two groups: no warning
+    (tmp_path / "g").mkdir()
+    score, _bad, given = _scores(300)
+    good = _run(tmp_path / "g", score, given, given)  # a trained model, scores in two groups: no warning
+    assert famus.label_issues(good).warnings == []
 
 
 def test_nan_scores_sort_last_and_count_nothing(tmp_path):

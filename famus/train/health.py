@@ -64,6 +64,7 @@ COLLAPSE_V = 0.01  # MW-Net: V(loss) below this at every recorded loss
 COLLAPSE_ZERO = 0.9  # L2R: share of examples weighing (nearly) 0
 INVERT_RATIO = 1.1  # MW-Net: V(5) over the largest V at losses <= 1 above this
 PROBE_Z = 2.0  # probe AUC this many standard errors from 0.5 is a verdict
+CLEAN_SHARE = 0.1  # a noise share estimated below this reads as clean training labels
 
 
 def bin_edges() -> list[float]:
@@ -330,7 +331,7 @@ def run_probe(probe: Probe, learner, data, size: int, autocast) -> dict[str, Any
 
 
 def assess(method: str, window: dict[str, Any], probe: dict[str, Any] | None, meta_steps_done: int,
-           balanced: bool = True) -> list[str]:
+           balanced: bool = True, min_steps: int = MIN_META_STEPS) -> list[str]:
     """Warnings about the weighting, each a short line starting with ``flat``, ``collapsing``, ``inverted`` or
     ``not separating``.
 
@@ -338,10 +339,11 @@ def assess(method: str, window: dict[str, Any], probe: dict[str, Any] | None, me
         method: the run's method name.
         window: the latest window's numbers (``w_cv``, ``zero_share``, ``v_curve``, ``t_diag``, ``num_classes``).
         probe: the latest probe numbers (or None).
-        meta_steps_done: meta updates so far; no verdict before :data:`MIN_META_STEPS`.
+        meta_steps_done: meta updates so far; no verdict before ``min_steps`` (:data:`MIN_META_STEPS`: early
+            training's weighting is still moving; 0 judges the state as it is, e.g. at the end of a short run).
         balanced: the task is noise, not a long tail (where up-weighting high losses is the point).
     """
-    if meta_steps_done < MIN_META_STEPS:
+    if meta_steps_done < min_steps:
         return []
     out = []
     if method == "mlc":
@@ -388,18 +390,21 @@ def probe_auc(probe: dict[str, Any] | None) -> float | None:
 
 
 def _clean_hint(probe: dict[str, Any] | None) -> str:
-    """When trusted and training examples weigh alike (``probe_vs_train`` near 0.5), the training labels look
-    clean: then V rising with the loss up-weights hard examples, which is no failure."""
-    if not probe or probe.get("probe_vs_train") is None:
+    """When training examples weigh like trusted ones although wrong labels weigh more than right ones, the
+    training labels look clean (``probe_vs_train = 0.5 + p (AUC - 0.5)`` gives a noise share ``p`` below 0.1): then
+    V rising with the loss up-weights hard examples, which is no failure."""
+    a = probe_auc(probe)
+    vs = probe.get("probe_vs_train") if probe else None
+    if a is None or vs is None or a >= 0.5 - 0.05:
         return ""
-    vs, se = probe["probe_vs_train"], probe.get("probe_train_se") or 0.0
-    if abs(vs - 0.5) <= PROBE_Z * se:
+    if (vs - 0.5) / (a - 0.5) < CLEAN_SHARE:
         return (f"; but training examples weigh like trusted ones (AUC {vs:.2f}), so the training labels look "
                 "clean and up-weighting hard examples may be right")
     return ""
 
 
-def recheck(records: list[dict[str, Any]], method: str, balanced: bool = True) -> list[list[str]]:
+def recheck(records: list[dict[str, Any]], method: str, balanced: bool = True,
+            min_steps: int = MIN_META_STEPS) -> list[list[str]]:
     """The warnings of each ``metrics.jsonl`` epoch record, recomputed by :func:`assess` from its logged numbers
     (the epoch's ``health`` with its last window's), so a run logged by an older rule is judged by the current
     one. Records without a health check, or with unusable numbers, get no warning."""
@@ -418,7 +423,7 @@ def recheck(records: list[dict[str, Any]], method: str, balanced: bool = True) -
         if not isinstance(window.get("v_curve"), dict) and isinstance(r.get("v_curve"), dict):
             window["v_curve"] = r["v_curve"]
         try:
-            out.append(assess(method, window, h, meta_done, balanced))
+            out.append(assess(method, window, h, meta_done, balanced, min_steps))
         except (TypeError, ValueError, AttributeError):  # a hand-edited or damaged record
             out.append([])
     return out

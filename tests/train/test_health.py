@@ -79,6 +79,8 @@ def test_assess_warnings():
     assert inv == ["inverted: both kinds of wrong labels weigh more than trusted ones on the probe (AUC 0.30)"]
     clean = assess("l2r", {"w_cv": 1.0}, {**probe, "probe_vs_train": 0.52}, 100)  # training weighs like trusted
     assert "the training labels look clean" in clean[0]
+    noisy = assess("l2r", {"w_cv": 1.0}, {**probe, "probe_vs_train": 0.43}, 100)  # p = 0.07 / 0.2: 35% noise
+    assert "clean" not in noisy[0]
     assert assess("l2r", {"w_cv": 1.0}, {**probe, "probe_hard_auc": 0.9}, 100) == []  # pair-like errors separated
     assert assess("l2r", {"w_cv": 1.0}, {"probe_flip_auc": 0.52, "probe_se": 0.04}, 100)[0].startswith("not sep")
     assert assess("mlc", {"t_diag": 0.12, "num_classes": 10}, None, 100)[0].startswith("flat")
