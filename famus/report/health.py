@@ -12,11 +12,13 @@ from html import escape
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
 from famus.report.figure import Plot, legend, new_figure
 from famus.report.runs import Run, num
 from famus.train.health import PROBE_Z, probe_auc, recheck
 
+PLAIN = FuncFormatter(lambda v, _pos: f"{v:g}")  # log axes read 0.01, 0.1, 1, not 10^-2
 NO_PROBE = ("no probe: the run has no validation data (pass --val-per-class k, or give a val/ folder, to hold out "
             "trusted examples the meta model never trains on)")
 
@@ -68,6 +70,7 @@ def _quantile_panel(ax, run: Run) -> bool:
     ax.plot(steps, q[:, 2], color="#4c72b0", label="median")
     ax.axhline(1.0, color="black", lw=0.8, ls=":", label="uniform (ERM)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PLAIN)
     lo, hi = q.min(), q.max()
     ax.set_ylim(max(lo / 1.5, 1e-3 / 1.2), hi * 1.5)
     ax.set(xlabel="training step", ylabel="weight × batch size (1 = uniform)", title="(b) spread of the weights")
@@ -96,6 +99,7 @@ def _hist_panel(ax, run: Run) -> bool:
             ax.stairs(share[nz.min():nz.max() + 1], edges[nz.min():nz.max() + 2], fill=True, color=color,
                       alpha=alpha, label=f"epoch {ep}{zero}")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(PLAIN)
     ax.axvline(1.0, color="black", lw=0.8, ls=":")
     ax.set(xlabel="weight × batch size (log scale; 1 = uniform)", ylabel="% of the epoch's weights",
            title="(c) weight distribution, first and last epoch")

@@ -68,8 +68,8 @@ def page(rows: list[dict[str, Any]], problems: dict[str, list[str]], figures: li
                    + "</tr>")
     out.append("</tbody></table><p>Numbers as in each run's <code>metrics.jsonl</code>: test accuracy of the "
                "model chosen on validation data (<i>(last)</i>: no validation data, the last epoch), of the last "
-               "epoch, and the best over epochs (the paper's metric, chosen on the test labels); mean time per "
-               "iteration over epochs, training wall time.</p>")
+               "epoch, and the best over epochs (the paper's metric, chosen on the test labels; n/a: no test split); "
+               "mean time per iteration over epochs, training wall time; the chosen epoch's validation accuracy.</p>")
     if any(problems.values()) or skipped:
         out.append('<div class="missing"><h2>Missing or partial data</h2><ul>')
         for name, msgs in problems.items():

@@ -160,13 +160,14 @@ def _figures(runs: list[Run], weight_steps: list[int] | None, problems: dict[str
         add(f"meta_gradient_{_slug(method) if method != '?' else 'unknown'}.png",
             lambda method=method: plot_meta_gradient(runs, method), f"meta gradient of the {method} runs",
             "no usable tracking.jsonl records")
-    if not methods:
+    if not methods and any(r.tracking_expected for r in runs):
         skipped.append("meta gradient over training: no run has a tracking.jsonl")
     for i, run in enumerate(runs):
         if run.tracking:
             add(f"weights_{i + 1:02d}_{_slug(run.name)}.png", lambda run=run: plot_weights(run, weight_steps),
                 f"example weights of {run.name}", "its tracking.jsonl has no weights")
-    add("layers.png", lambda: plot_layers(runs), "layer activation counts",
+    gated = any(g in r.engine for r in runs for g in ("famus", "block", "random")) or any(r.tracking for r in runs)
+    add("layers.png", lambda: plot_layers(runs), "layer activation counts", None if not gated else
         "no run has layer gates (gate_rate in metrics.jsonl or gates in tracking.jsonl)")
 
     return rendered, skipped

@@ -80,6 +80,12 @@ class Run:
         return str(e) if e is not None else "?"
 
     @property
+    def tracking_expected(self) -> bool:
+        """Whether the run tracked its meta gradient (``track_every`` > 0; unknown counts as yes)."""
+        every = self.config.get("track_every", "unknown")
+        return self.method != "erm" and (every == "unknown" or bool(every))
+
+    @property
     def label(self) -> str:
         """Legend label: folder name plus method/engine, e.g. ``"fm-famus (mwnet/famus)"``."""
         what = self.method if self.method == "erm" else f"{self.method}/{self.engine}"
@@ -184,12 +190,18 @@ def load_run(path: str | Path) -> Run:
     run.problems += problems
     run.metrics = records
     if records:
-        run.problems += _missing_keys(records, METRIC_KEYS)
+        keys = METRIC_KEYS
+        if all(num(r, "test_acc") is None for r in records) and any(num(r, "val_acc") is not None for r in records):
+            keys = tuple(k for k in keys if k not in ("test_acc", "best_test_acc"))  # no test split: not missing
+        run.problems += _missing_keys(records, keys)
 
     if run.method != "erm":  # ERM runs have no meta gradient to track
         records, problems = read_jsonl(run.path / TRACKING_FILE)
         if problems and problems[0] == f"no {TRACKING_FILE}":
-            problems[0] += " (tracking was off: no meta-gradient, weight or per-step gate plots)"
+            if not run.tracking_expected:  # --track-every was off: nothing is missing
+                problems = []
+            else:
+                problems[0] += " (tracking was off: no meta-gradient, weight or per-step gate plots)"
         run.problems += problems
         run.tracking = records
     summary = _small_json(run.path / "summary.json")
