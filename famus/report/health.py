@@ -16,7 +16,7 @@ from matplotlib.ticker import FuncFormatter
 
 from famus.report.figure import Plot, legend, new_figure
 from famus.report.runs import Run, num
-from famus.train.health import PROBE_Z, probe_auc, recheck
+from famus.train.health import MIN_META_STEPS, PROBE_Z, probe_auc, recheck
 
 PLAIN = FuncFormatter(lambda v, _pos: f"{v:g}")  # log axes read 0.01, 0.1, 1, not 10^-2
 NO_PROBE = ("no probe: the run has no validation data (pass --val-per-class k, or give a val/ folder, to hold out "
@@ -224,7 +224,10 @@ def health_lines(run: Run) -> list[str]:
     for r, found in zip(recs, checked):
         for f in found:
             raised.setdefault(f.split(":")[0], []).append(int(num(r, "epoch") or 0))
-    flags = checked[-1]
+    flags = recheck(recs, run.method, balanced, min_steps=0)[-1]  # the final state is judged however short the run
+    meta = sum(r["meta_steps"] for r in recs if isinstance(r.get("meta_steps"), int))
+    if run.method in ("mwnet", "l2r", "mlc") and meta < MIN_META_STEPS:
+        out.append(f"warning: only {meta} meta updates in {len(recs)} epochs; the weighting is barely trained")
     out += [f"warning at the last epoch: {f}" for f in flags]
     for kind, eps in raised.items():
         out.append(f"'{kind}' raised at {len(eps)} of {len(recs)} epochs ({_epochs(eps)})")
