@@ -217,6 +217,10 @@ def health_lines(run: Run) -> list[str]:
             out.append(f"true weight AUROC on the injected noise at the same moment: {t:.3f}")
     elif run.method in ("mwnet", "l2r"):
         out.append(NO_PROBE)
+    d = num(last, "t_diag")
+    if d is not None:
+        out.append(f"last epoch: the transition matrix keeps {d:.1%} of each class's labels as given on average "
+                   "(its mean diagonal; 1/C would explain every label as noise)")
     raised: dict[str, list[int]] = {}
     cfg = run.config
     balanced = cfg.get("imbalance", 1) in (1, 1.0, None) and cfg.get("loss", "ce") in ("ce", None)
