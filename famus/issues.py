@@ -355,7 +355,9 @@ def export(issues: LabelIssues, out: str | os.PathLike[str]) -> dict[str, str]:
     ``kept.txt`` (``path label`` lines of the examples not flagged: a list file to retrain on) and
     ``flagged.txt`` (``path label`` lines of the flagged ones, with their given labels, to relabel) into ``out``.
 
-    Examples without a file (arrays datasets) are written as ``index label`` lines. Returns name -> path.
+    Examples without a file (arrays datasets) are written as ``index label`` lines. With files, an empty
+    ``test.txt`` is added when there is none, so ``--dataset listfile --data-dir out --set
+    dataset_options.train_list=kept.txt`` trains on the kept examples as they are. Returns name -> path.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,6 +382,8 @@ def export(issues: LabelIssues, out: str | os.PathLike[str]) -> dict[str, str]:
     files = {"issues.csv": buf.getvalue(),
              "kept.txt": listing(~issues.flagged, "examples not flagged (retrain on them: --dataset listfile)"),
              "flagged.txt": listing(issues.flagged, "flagged examples with their given labels (relabel them)")}
+    if has_paths and not (out / "test.txt").exists():  # --dataset listfile reads a test list: none yet
+        files["test.txt"] = "# the test list of --dataset listfile: add 'path label' lines, or keep it empty\n"
     for name, text in files.items():
         atomic_write_text(out / name, text)
     return {name: str(out / name) for name in files}

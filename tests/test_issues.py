@@ -82,6 +82,7 @@ def test_export_kept_and_flagged_lists(tmp_path):
     names = ["ant", "bee", "2", "eel"]  # 'cat dog' has a space: its index stands in (the label is the last token)
     expect = {p: names[g] for p, g in zip(issues.path, issues.given_label)}
     assert all(expect[p] == lab for p, lab in zip(kept_paths + flagged_paths, kept_labels + flagged_labels))
+    assert read_list(files["test.txt"])[0] == []  # an empty test list: --dataset listfile needs one
     rows = (tmp_path / "out" / "issues.csv").read_text().splitlines()
     assert rows[0].startswith("rank,flagged,index,path") and len(rows) == 121
 
