@@ -72,6 +72,7 @@ class EpochRunner:
     probe: Probe | None = None  # its probe (the validation set), built on first use
     _probe_built: bool = False
     _flags: list[str] = field(default_factory=list)  # the latest health warnings
+    _probe_last: dict[str, Any] = field(default_factory=dict)  # the latest probe (each window's verdict uses it)
 
     def run(self, epoch: int, step: int, pos: EpochPosition, clock: Clock) -> dict[str, Any]:
         """The epoch (or its rest, from ``pos``); ``step``: the run's steps before it. Returns its record."""
@@ -200,9 +201,11 @@ class EpochRunner:
         t = transition_summary(learner.method)
         if t is not None:
             h["t_diag"] = t["t_diag"]
-        self._flags = assess(self.cfg.method, {**h, "num_classes": self.data.num_classes}, None,
-                             self._meta_steps_done(learner), self._balanced())
-        h["flags"] = self._flags
+        window = {**h, "num_classes": self.data.num_classes}
+        done, balanced = self._meta_steps_done(learner), self._balanced()
+        h["flags"] = assess(self.cfg.method, window, None, done, balanced)  # logged: the window's own numbers
+        # the progress line adds the last epoch's probe (kept in memory only: a resumed run logs the same)
+        self._flags = assess(self.cfg.method, window, self._probe_last or None, done, balanced)
         return h
 
     @staticmethod
@@ -228,6 +231,7 @@ class EpochRunner:
         if self.probe is not None:
             probe = run_probe(self.probe, learner, self.data, self.batch, self.precision.autocast)
             out.update(probe)
+            self._probe_last = probe
         last = next((w["health"] for w in reversed(pos.windows) if "health" in w), {})
         flags = assess(self.cfg.method, {**out, **last, "num_classes": self.data.num_classes,
                                          "v_curve": v_curve(learner.method)},

@@ -148,3 +148,28 @@ def test_recheck_judges_logged_numbers_by_the_current_rule():
     flags = recheck(recs, "mwnet")
     assert flags[0] == [] and flags[1] == []  # first: too early; second: plausible wrong labels are separated
     assert flags[2][0].startswith("not separating") and flags[3] == [] and flags[4] == []
+
+
+def test_mid_epoch_resume_logs_the_same_health(tmp_path, monkeypatch):
+    """A run with a probe, interrupted right after a mid-epoch checkpoint and resumed, logs what an uninterrupted
+    run logs (the health sums and windows are in the checkpoint; the probe runs at epoch ends)."""
+    from famus.train import loop
+
+    cfg = {**COMMON, "val_per_class": 3, "noise": "symmetric", "noise_rate": 0.4, "method": "mwnet", "epochs": 2}
+    train(TrainConfig(**cfg, out=str(tmp_path / "ref")))
+    real, seen = loop.save_checkpoint, []
+
+    def save(path, state):
+        real(path, state)
+        if state.get("position") is not None and state["epoch"] == 1 and not seen:
+            seen.append(state["step"])
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg, out=str(tmp_path / "cut"), checkpoint_every=7))
+    monkeypatch.undo()
+    train(TrainConfig(**cfg, out=str(tmp_path / "cut"), checkpoint_every=7, resume=True))
+    timing = {"time_per_iter_s", "wall_time_s", "stage_time_s", "epoch_time_s"}
+    a, b = ([{k: v for k, v in r.items() if k not in timing} for r in _rows(tmp_path / d)] for d in ("cut", "ref"))
+    assert seen and a == b and "probe_flip_auc" in a[-1]["health"]
