@@ -319,3 +319,19 @@ def test_real_data_report_page(tmp_path, capsys):
     assert "Health check of the weighting" in html and "flat" in html and "raised at 1 of 3 epochs" in html
     assert html.count('<div class="card"><img src="data:image/png;base64,') == 8
     assert "&lt;cat&gt;" in html and "<cat>" not in html  # class names escaped
+
+
+def test_feature_data_suspects_are_rows(tmp_path, capsys):
+    import numpy as np
+
+    run = write_run(tmp_path / "runs", "features", extras=True)
+    with np.load(run / "suspects.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "images"}  # feature data: no thumbnails
+    arrays["path"] = np.array([""] * len(arrays["index"]))
+    np.savez(run / "suspects.npz", **arrays)
+    result, err, md, html = _report([run], tmp_path, capsys)
+    assert '<div class="card">' not in html and "<th>clean score</th>" in html
+    assert html.count("</td></tr>") >= 8 and "&lt;cat&gt;" in html
+    (run / "suspects.npz").write_bytes(b"not a zip")  # damaged: the rows come from example_scores.csv
+    result, err, md, html = _report([run], tmp_path, capsys)
+    assert "<th>clean score</th>" in html and "report" not in result["problems"]
