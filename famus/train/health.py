@@ -117,7 +117,7 @@ class HealthMeter:
         labels ``y`` ``(n,)``."""
         rel = weights.detach().double() * batch
         hist = torch.bincount(torch.bucketize(rel, self.inner, right=True), minlength=BINS).double()
-        add = torch.cat([hist, torch.stack([rel.sum(), (rel * rel).sum(), rel.new_tensor(float(rel.numel()))])])
+        add = torch.cat([hist, torch.stack([rel.sum(), (rel * rel).sum(), rel.new_full((), float(rel.numel()))])])
         self._win += add
         self._epoch += add
         self._cls[0].index_add_(0, y, rel)
