@@ -5,7 +5,8 @@
         --folds 3 --threads 1 --json issues.json
 
 For every famus run: AUROC and precision at N (N = the number of corrupted labels) and at 100 of its
-``example_scores.csv`` against its ``noisy_labels.pt``. For cleanlab: out-of-fold predicted
+``example_scores.csv`` against its ``noisy_labels.pt``, and the precision and recall of its flagged set
+(``famus issues``, :func:`famus.label_issues`). For cleanlab: out-of-fold predicted
 probabilities of the config's model trained by ERM on the same noisy labels (``--folds`` stratified
 folds; the config's epochs, batch size, learning rate schedule, momentum, weight decay and
 augmentation), then ``cleanlab.filter.find_label_issues`` (its own set: size, precision, recall) and
@@ -18,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from sklearn.model_selection import StratifiedKFold
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from famus.issues import detection_quality, read_scores  # noqa: E402
+from famus.issues import detection_quality, label_issues, read_scores  # noqa: E402
 from famus.models import build_model  # noqa: E402
 from famus.train.config import load_config  # noqa: E402
 from famus.train.data import RunData, prepare_data  # noqa: E402
@@ -43,8 +45,16 @@ def famus_row(run: Path, common: np.ndarray | None = None) -> dict:
     noisy = torch.load(run / "noisy_labels.pt", weights_only=False)["corrupted"].numpy()
     keep = np.isin(scores.index, common) if common is not None else np.ones(len(noisy), bool)
     summary = json.loads((run / "summary.json").read_text())
+    issues = label_issues(run)  # famus issues' flagged set (sorted: map back by dataset index)
+    pos = {int(i): k for k, i in enumerate(scores.index)}
+    flagged = np.zeros(len(noisy), bool)
+    flagged[[pos[int(i)] for i in issues.index[issues.flagged]]] = True
+    flagged, bad = flagged[keep], noisy[keep]
     return {"run": str(run), "clean_score": summary.get("clean_score"),
-            **detection_quality(scores.clean_score[keep], noisy[keep]),
+            **detection_quality(scores.clean_score[keep], bad),
+            "flagged": int(flagged.sum()), "precision_flagged": float(bad[flagged].mean()) if flagged.any() else None,
+            "recall_flagged": float(flagged[bad].mean()) if bad.any() else None,
+            "estimated_noise_rate": issues.estimated_noise_rate, "warnings": issues.warnings,
             "val_chosen_acc": summary.get("val_chosen_acc"), "last_test_acc": summary.get("last_test_acc")}
 
 
@@ -106,6 +116,7 @@ def main() -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--runs", nargs="*", default=[], help="famus run folders trained with --config")
     p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="override the config's epochs (as the runs were trained)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument("--no-cleanlab", action="store_true")
@@ -114,6 +125,8 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config).validate()
+    if args.epochs is not None:
+        cfg = replace(cfg, epochs=args.epochs)
     common = None
     if args.common_with:
         common = torch.load(Path(args.common_with) / "split.pt", weights_only=False)["train_index"].numpy()

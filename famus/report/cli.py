@@ -3,7 +3,7 @@
 Exit status: 0 when the report was written (folders that do not exist, or runs with
 missing or partial files, are reported on stderr and in the report, not fatal); 1 with
 ``--strict`` when anything was missing; 2 when no report could be made (none of the
-folders exists, or ``--out`` is unusable).
+arguments is a run folder: missing, or without any of a run's files; or ``--out`` is unusable).
 """
 
 from __future__ import annotations

@@ -1,23 +1,24 @@
-"""The report's figures, drawn headless with matplotlib's Agg backend (no pyplot, no display).
+"""The report's figures on speed and on the meta gradient: stage times, meta gradient, tracked weights, layers.
 
 Each ``plot_*`` function takes :class:`~famus.report.runs.Run` objects and returns a
 :class:`Plot` (a figure, what it shows, and which runs it leaves out and why), or ``None``
-when no run has the data for it. :func:`to_png` renders a figure to PNG bytes.
+when no run has the data for it. :func:`to_png` renders a figure to PNG bytes. The other figures:
+:mod:`~famus.report.curves` (accuracy, losses), :mod:`~famus.report.classes` (per class),
+:mod:`~famus.report.health` (the weighting's health check), :mod:`~famus.report.suspects` (clean
+scores, likely label errors), :mod:`~famus.report.quality` (weight quality on injected noise).
 """
 
 from __future__ import annotations
 
-import io
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from famus.meta.engines.base import STAGES  # the paper's Fig. 1b split of one iteration
+from famus.report.curves import plot_accuracy  # noqa: F401 (where it has always been importable from)
+from famus.report.figure import DPI, Plot, _legend, _series, new_figure, run_color, to_png  # noqa: F401
 from famus.report.runs import Run, num
 
 STAGE_COLORS = {
@@ -33,82 +34,6 @@ TOTAL_COLOR = "#969696"
 CLEAN_COLOR = "#1f77b4"
 NOISY_COLOR = "#d62728"
 MAX_LAYERS_SHOWN = 40  # beyond this, layers that were never on are left out of the layer chart
-DPI = 110
-
-
-@dataclass
-class Plot:
-    """One figure of the report.
-
-    Attributes:
-        figure: the matplotlib figure (Agg canvas attached).
-        title: a short title for the page.
-        caption: what it shows (one or two sentences).
-        left_out: one line per run or part left out, and why.
-    """
-
-    figure: Figure
-    title: str
-    caption: str
-    left_out: list[str] = field(default_factory=list)
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A figure on an Agg canvas (headless, independent of pyplot's global state)."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def to_png(fig: Figure) -> bytes:
-    """Render ``fig`` to PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
-def run_color(i: int) -> str:
-    """The colour of the ``i``-th run, the same in every figure."""
-    return f"C{i % 10}"
-
-
-def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(num(r, x), num(r, y)) for r in records]
-    pts = [(a, b) for a, b in pts if a is not None and b is not None]
-    return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
-
-
-def _legend(ax, **kw) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", **kw)
-
-
-# ---------------------------------------------------------------------------- accuracy
-def plot_accuracy(runs: list[Run]) -> Plot | None:
-    """Test accuracy (%) against training step and against wall-clock training time, all runs."""
-    fig = new_figure(11, 4.2)
-    ax_step, ax_time = fig.subplots(1, 2, sharey=True)
-    left_out, drawn = [], 0
-    for i, run in enumerate(runs):
-        if not run.metrics:
-            continue
-        for ax, x, what in ((ax_step, "step", "step"), (ax_time, "wall_time_s", "wall_time_s")):
-            xs, ys = _series(run.metrics, x, "test_acc")
-            if len(xs):
-                ax.plot(xs, ys * 100, marker="o", markersize=3, color=run_color(i), label=run.label)
-                drawn += 1
-            else:
-                left_out.append(f"{run.name}: no {what}/test_acc numbers (against {what})")
-    if not drawn:
-        return None
-    ax_step.set(xlabel="training step (iterations)", ylabel="test accuracy (%)", title="Test accuracy vs step")
-    ax_time.set(xlabel="wall-clock training time (s)", title="Test accuracy vs wall-clock time")
-    for ax in (ax_step, ax_time):
-        ax.grid(alpha=0.3)
-    _legend(ax_step, loc="best")
-    return Plot(fig, "Test accuracy",
-                "Test accuracy after each epoch, against training steps (left) and against wall-clock "
-                "training time, evaluation excluded (right).", left_out)
 
 
 # ---------------------------------------------------------------------------- stage times
@@ -271,7 +196,7 @@ def plot_meta_gradient(runs: list[Run], method: str) -> Plot | None:
 def weight_records(run: Run) -> list[dict[str, Any]]:
     """Tracked records with a usable ``weights`` entry, in step order."""
     recs = [r for r in _tracked(run, "weights") if isinstance(r["weights"].get("clean"), list)
-            and isinstance(r["weights"].get("noisy"), list)]
+            and isinstance(r["weights"].get("noisy"), list) or isinstance(r["weights"].get("all"), list)]
     return sorted(recs, key=lambda r: r["step"])
 
 
@@ -314,15 +239,18 @@ def plot_weights(run: Run, steps: list[int] | None = None) -> Plot | None:
     data = []
     for step, req in picks:
         w = by_step[step]["weights"]
-        n = num(w, "n") or (len(w["clean"]) + len(w["noisy"]))
-        data.append((step, req, w, _values(w["clean"], n), _values(w["noisy"], n)))
-    hi = max([float(v.max()) for *_, c, nz in data for v in (c, nz) if v.size] + [1.0])
-    bins = np.linspace(0.0, hi * 1.001, 26)
-    for ax, (step, req, w, clean, noisy) in zip(axes, data):
-        if clean.size:
-            ax.hist(clean, bins=bins, color=CLEAN_COLOR, alpha=0.6, label=f"clean labels ({clean.size})")
-        if noisy.size:
-            ax.hist(noisy, bins=bins, color=NOISY_COLOR, alpha=0.6, label=f"noisy labels ({noisy.size})")
+        clean, noisy, every = (w.get(k) if isinstance(w.get(k), list) else [] for k in ("clean", "noisy", "all"))
+        n = num(w, "n") or (len(clean) + len(noisy) + len(every))
+        data.append((step, req, w, _values(clean, n), _values(noisy, n), _values(every, n)))
+    # scaled to where the weights are: a few outliers beyond the 99th percentile go into the last bin
+    pooled = np.concatenate([v for *_, c, nz, a in data for v in (c, nz, a)] + [np.ones(1)])
+    hi = max(float(np.percentile(pooled, 99)), 1.0) * 1.05
+    bins = np.linspace(0.0, hi, 26)
+    for ax, (step, req, w, clean, noisy, every) in zip(axes, data):
+        for vals, color, label in ((clean, CLEAN_COLOR, "clean labels"), (noisy, NOISY_COLOR, "noisy labels"),
+                                   (every, "#4c72b0", "all examples (no noise mask)")):
+            if vals.size:
+                ax.hist(np.minimum(vals, hi * 0.999), bins=bins, color=color, alpha=0.6, label=f"{label} ({vals.size})")
         ax.axvline(1.0, color="black", lw=0.8, ls=":")
         share = num(w, "clean_share")
         epoch = num(by_step[step], "epoch")
@@ -338,8 +266,9 @@ def plot_weights(run: Run, steps: list[int] | None = None) -> Plot | None:
     fig.suptitle(f"Example weights: {run.label}")
     return Plot(fig, f"Example weights: {run.label}",
                 "Histograms of the per-example weights of one training batch at tracked steps, split by "
-                "whether the training label is corrupted (clean blue, noisy red), scaled by the batch size "
-                "so that 1 is plain ERM's weight.")
+                "whether the training label is corrupted (clean blue, noisy red; one histogram where the noise was "
+                "not injected), scaled by the batch size so that 1 is plain ERM's weight; the x axis ends at the "
+                "99th percentile (larger weights are counted in the last bin).")
 
 
 # ---------------------------------------------------------------------------- layers

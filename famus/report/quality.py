@@ -2,7 +2,8 @@
 
 From the ``quality_steps`` windows every run with injected noise writes into ``metrics.jsonl``
 (:mod:`famus.train.quality`): weight AUROC and clean-share lift against step for all runs, and
-MW-Net's learned weight function ``V(loss)`` at several points of training, one panel per run.
+MW-Net's learned weight function ``V(loss)`` at several points of training, one panel per run (from
+the health windows, ``health_steps``, where no noise was injected).
 """
 
 from __future__ import annotations
@@ -59,11 +60,16 @@ def plot_v_curves(runs: list[Run], panels: int = 6) -> Plot | None:
     curves = []
     for run in runs:
         windows = [w for w in quality_windows(run) if isinstance(w.get("v_curve"), dict)]
+        if not windows:  # runs without injected noise log V(loss) in their health windows
+            windows = [w for r in run.metrics for w in (r.get("health_steps") or [])
+                       if isinstance(w, dict) and "step" in w and isinstance(w.get("v_curve"), dict)]
         if windows:
             pick = np.unique(np.linspace(0, len(windows) - 1, min(panels, len(windows))).round().astype(int))
             curves.append((run, [windows[j] for j in pick]))
     if not curves:
         return None
+    top = max([float(v) for _run, ws in curves for w in ws for v in w["v_curve"].values()
+               if isinstance(v, (int, float)) and np.isfinite(v)] + [1e-3])
     fig = new_figure(min(4.0 * len(curves), 16), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(curves), sharey=True))
     for ax, (run, windows) in zip(axes, curves):
@@ -72,10 +78,11 @@ def plot_v_curves(runs: list[Run], panels: int = 6) -> Plot | None:
             xs = np.array([float(k) for k in w["v_curve"]])
             ys = np.array(list(w["v_curve"].values()), dtype=float)
             ax.plot(xs, ys, marker="o", markersize=2.5, color=(0.1, 0.3, 0.7, shade), label=f"step {w['step']}")
-        ax.set(xlabel="training loss", title=run.name, ylim=(0, 1))
+        ax.set(xlabel="training loss", title=run.name, ylim=(0, min(1.0, top * 1.1)))
         ax.grid(alpha=0.3)
         _legend(ax, loc="best")
     axes[0].set_ylabel("V(loss)")
     return Plot(fig, "MW-Net's weight function",
-                "The meta model's weight V(loss) at fixed losses, at several points of training (darker: later). "
-                "Learning the weighting means V falls with the loss: noisy labels have high losses.")
+                "The meta model's weight V(loss) at fixed losses, at several points of training (darker: later; the "
+                "y axis ends just above the largest V). Learning the weighting means V falls at high losses: wrong "
+                "labels have high losses. The batch's weights are V normalized to sum 1, so V's scale is free.")

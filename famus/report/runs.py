@@ -1,8 +1,10 @@
-"""Reading run folders for reports, tolerating missing and partial files.
+"""Reading run folders for reports, tolerating missing, partial and hostile files.
 
 Nothing here raises on bad run contents: every problem becomes a one-line message in
 ``Run.problems`` (e.g. ``"no metrics.jsonl (did the run finish an epoch?)"``), and the
-plots and tables use whatever is usable.
+plots and tables use whatever is usable. What is read is bounded: at most :data:`MAX_READ`
+bytes of a JSONL file, :data:`MAX_LINE_PROBLEMS` messages about its lines (then one line
+counting the rest), :data:`MAX_SCORES_BYTES` of ``example_scores.csv``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from famus.yamlload import safe_load
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, "summary.json", "example_scores.csv", "checkpoint.pt", "run.json")
+MAX_READ = 64 << 20  # bytes of a JSONL file read
+MAX_LINE_PROBLEMS = 5  # messages about bad lines of one file; the rest are counted in one more
+MAX_SCORES_BYTES = 256 << 20  # example_scores.csv larger than this is not read
+MAX_MESSAGE = 300  # characters of one problem message
 
 # Keys every epoch record of a finished epoch has (famus.train.loop).
 METRIC_KEYS = ("epoch", "step", "test_acc", "best_test_acc", "time_per_iter_s", "wall_time_s")
@@ -55,6 +62,9 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     tracking: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None
+    is_run: bool = False  # holds any of RUN_FILES: a famus run folder, not just any folder
 
     @property
     def method(self) -> str:
@@ -68,6 +78,12 @@ class Run:
             return "-"
         e = self.config.get("meta_grad")
         return str(e) if e is not None else "?"
+
+    @property
+    def tracking_expected(self) -> bool:
+        """Whether the run tracked its meta gradient (``track_every`` > 0; unknown counts as yes)."""
+        every = self.config.get("track_every", "unknown")
+        return self.method != "erm" and (every == "unknown" or bool(every))
 
     @property
     def label(self) -> str:
@@ -90,29 +106,41 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         return [], [f"no {name}"]
     if not path.is_file():
         return [], [f"{name} is not a file"]
+    problems = []
     try:
-        text = path.read_text(errors="replace")
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            data = f.read(MAX_READ)
     except OSError as e:
         return [], [f"cannot read {name}: {e.strerror or e}"]
-    lines = text.splitlines()
-    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    if size > MAX_READ:
+        data = data[: data.rfind(b"\n") + 1]  # whole lines only
+        problems.append(f"{name} holds {size / 2**20:.0f} MiB; read the first {MAX_READ >> 20} MiB only")
+    text = data.decode("utf-8", errors="replace")
+    numbered = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not numbered:
-        return [], [f"{name} is empty"]
-    records, problems = [], []
+        return [], problems + [f"{name} is empty"]
+    records, bad = [], 0
     last = numbered[-1][0]
     for i, line in numbered:
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if i == last and not text.endswith("\n"):
                 problems.append(f"{name}: the last line is truncated (interrupted while writing?); ignored it")
             else:
-                problems.append(f"{name}: line {i} is not valid JSON; skipped it")
+                bad += 1
+                if bad <= MAX_LINE_PROBLEMS:
+                    problems.append(f"{name}: line {i} is not valid JSON; skipped it")
             continue
         if not isinstance(rec, dict):
-            problems.append(f"{name}: line {i} is not a JSON object; skipped it")
+            bad += 1
+            if bad <= MAX_LINE_PROBLEMS:
+                problems.append(f"{name}: line {i} is not a JSON object; skipped it")
             continue
         records.append(rec)
+    if bad > MAX_LINE_PROBLEMS:
+        problems.append(f"{name}: and {bad - MAX_LINE_PROBLEMS} more lines that are not JSON objects; skipped them")
     if not records:
         problems.append(f"{name} has no usable records")
     return records, problems
@@ -140,6 +168,7 @@ def load_run(path: str | Path) -> Run:
         run.problems.append("not a folder")
         return run
     run.exists = True
+    run.is_run = any((run.path / f).exists() for f in RUN_FILES)
 
     cfg_path = run.path / CONFIG_FILE
     if not cfg_path.is_file():
@@ -161,15 +190,37 @@ def load_run(path: str | Path) -> Run:
     run.problems += problems
     run.metrics = records
     if records:
-        run.problems += _missing_keys(records, METRIC_KEYS)
+        keys = METRIC_KEYS
+        if all(num(r, "test_acc") is None for r in records) and any(num(r, "val_acc") is not None for r in records):
+            keys = tuple(k for k in keys if k not in ("test_acc", "best_test_acc"))  # no test split: not missing
+        run.problems += _missing_keys(records, keys)
 
     if run.method != "erm":  # ERM runs have no meta gradient to track
         records, problems = read_jsonl(run.path / TRACKING_FILE)
         if problems and problems[0] == f"no {TRACKING_FILE}":
-            problems[0] += " (tracking was off: no meta-gradient, weight or per-step gate plots)"
+            if not run.tracking_expected:  # --track-every was off: nothing is missing
+                problems = []
+            else:
+                problems[0] += " (tracking was off: no meta-gradient, weight or per-step gate plots)"
         run.problems += problems
         run.tracking = records
+    summary = _small_json(run.path / "summary.json")
+    run.summary = summary if isinstance(summary, dict) else {}
+    names = _small_json(run.path / "classes.json")
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        run.class_names = names
+    run.problems = [p if len(p) <= MAX_MESSAGE else p[: MAX_MESSAGE - 3] + "..." for p in run.problems]
     return run
+
+
+def _small_json(path: Path, limit: int = 8 << 20) -> Any:
+    """A JSON file of at most ``limit`` bytes, or ``None`` (missing, too large, unreadable)."""
+    try:
+        if not path.is_file() or path.stat().st_size > limit:
+            return None
+        return json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 def unique_names(runs: list[Run]) -> None:

@@ -9,7 +9,8 @@ Columns and where each number comes from (``metrics.jsonl``):
 * best test acc (paper): the largest ``best_test_acc`` / ``test_acc`` of any record (the last
   record's ``best_test_acc`` for an ordinary run): the paper's metric, chosen on the test labels;
 * time/iteration: mean of the records' ``time_per_iter_s`` (what ``famus.train.train`` returns);
-* wall time: the last record's ``wall_time_s`` (training time, evaluation excluded).
+* wall time: the last record's ``wall_time_s`` (training time, evaluation excluded);
+* chosen val acc: the validation accuracy of the chosen epoch (your own data often has no test split).
 
 Formatting: accuracies as percentages with 2 decimals, time per iteration in ms with 2
 decimals, wall time in seconds with 2 decimals; ``n/a`` where the metrics lack the number.
@@ -23,7 +24,7 @@ from famus.report.runs import Run, num
 from famus.train.selection import NO_VALIDATION, chosen_from_records
 
 COLUMNS = ("run", "method", "engine", "epochs", "chosen test acc", "last test acc", "best test acc (paper)",
-           "time/iteration", "wall time")
+           "time/iteration", "wall time", "chosen val acc")
 
 
 def summarize(run: Run) -> dict[str, Any]:
@@ -37,6 +38,7 @@ def summarize(run: Run) -> dict[str, Any]:
     shares = [v for v in (num(r, "clean_weight_share") for r in recs) if v is not None]
     steps = [s.get("step") for s in run.tracking if isinstance(s.get("step"), int)]
     chosen = chosen_from_records(recs)
+    chosen_rec = next((r for r in recs if num(r, "epoch") == chosen["val_chosen_epoch"]), {})
     return {
         "run": run.name,
         "path": str(run.path),
@@ -45,6 +47,7 @@ def summarize(run: Run) -> dict[str, Any]:
         "engine": run.engine,
         "epochs": int(epoch) if epoch is not None else len(recs),
         "val_chosen_acc": num(chosen, "val_chosen_acc"),
+        "chosen_val_acc": num(chosen_rec, "val_acc"),
         "val_chosen_epoch": chosen["val_chosen_epoch"],
         "selection": chosen["selection"],
         "best_test_acc": max(accs) if accs else None,
@@ -86,6 +89,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         pct(row["best_test_acc"]),
         ms(row["time_per_iter_s"]),
         secs(row["wall_time_s"]),
+        pct(row.get("chosen_val_acc")),
     ]
 
 
@@ -106,7 +110,8 @@ def markdown(rows: list[dict[str, Any]], problems: dict[str, list[str]], figures
     lines += ["", "Test accuracy of the model chosen on validation data (`(last)`: no validation data, the last "
               "epoch), of the last epoch, and the best over epochs (the paper's metric: chosen on the test labels); "
               "mean time per iteration and wall time as in each run's `metrics.jsonl` (time per iteration: mean over "
-              "epochs; wall time: training time)."]
+              "epochs; wall time: training time); the validation accuracy of the chosen epoch. n/a: not recorded "
+              "(e.g. no test split)."]
     if any(problems.values()):
         lines += ["", "## Missing or partial data", ""]
         for name, msgs in problems.items():

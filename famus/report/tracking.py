@@ -26,7 +26,8 @@ batch, with the exact engine and with the run's engine, through
   own gates (FaMUS samples them), these are the step's.
 * ``weights``: the step's per-example coefficients ``stats.weights`` split by whether the
   example's label is corrupted: ``clean`` and ``noisy`` lists (histogram-ready), their
-  ``sum``, ``n`` and ``clean_share`` (weight mass on clean examples).
+  ``sum``, ``n`` and ``clean_share`` (weight mass on clean examples); without a noise mask
+  (your own data) one list ``all``, empty ``clean``/``noisy`` and no ``clean_share``.
 
 Non-finite numbers are written as ``null``.
 """
@@ -178,7 +179,7 @@ class Tracker:
         x_meta: Tensor,
         y_meta: Tensor,
         stats,
-        corrupted: Tensor,
+        corrupted: Tensor | None,
     ) -> dict[str, Any]:
         """Measure one step and append its record to ``tracking.jsonl``.
 
@@ -188,14 +189,17 @@ class Tracker:
             x: training inputs ``(n, ...)``; y: their (noisy) labels ``(n,)`` int64.
             x_meta: meta inputs ``(m, ...)``; y_meta: meta labels ``(m,)`` int64.
             stats: the step's :class:`famus.StepStats` (``weights`` ``(n,)``, ``gates``, losses).
-            corrupted: ``(n,)`` bool, True where the training label is not the true one.
+            corrupted: ``(n,)`` bool, True where the training label is not the true one; ``None`` when
+                unknown (no injected noise): the weights are recorded unsplit, as ``all``.
 
         Returns:
             The record written (a JSON-ready dict).
         """
         t0 = time.perf_counter()
         weights = stats.weights.detach().reshape(-1).to("cpu", torch.float64)
-        bad = torch.as_tensor(corrupted).detach().reshape(-1).to("cpu").bool()
+        known = corrupted is not None  # no noise mask (your own data): the weights are not split
+        bad = (torch.as_tensor(corrupted).detach().reshape(-1).to("cpu").bool() if known
+               else torch.zeros(weights.numel(), dtype=torch.bool))
         if bad.shape != weights.shape:
             raise ValueError(
                 f"corrupted has {bad.numel()} entries but the step weighted {weights.numel()} examples; "
@@ -250,9 +254,10 @@ class Tracker:
             "weights": {
                 "n": int(weights.numel()),
                 "sum": finite(total),
-                "clean_share": finite(clean_mass / total) if total > 0 else None,
-                "clean": _rounded(weights[~bad]),
-                "noisy": _rounded(weights[bad]),
+                "clean_share": finite(clean_mass / total) if total > 0 and known else None,
+                "clean": _rounded(weights[~bad]) if known else [],
+                "noisy": _rounded(weights[bad]) if known else [],
+                **({} if known else {"all": _rounded(weights)}),
             },
         }
         record["tracking_time_s"] = round(time.perf_counter() - t0, 6)

@@ -23,6 +23,7 @@ from famus.train.checkpoint import CheckpointSchedule
 from famus.train.config import TrainConfig
 from famus.train.data import RunData
 from famus.train.errors import check_finite
+from famus.train.health import HealthMeter, Probe, assess, run_probe, short, transition_summary
 from famus.train.nets import Net
 from famus.train.position import EpochPosition
 from famus.train.quality import QualityMeter, v_curve
@@ -68,15 +69,26 @@ class EpochRunner:
     schedule: CheckpointSchedule | None = None
     checkpoint: Callable[[int, int, EpochPosition], None] | None = None
     _shares: list[torch.Tensor] = field(default_factory=list)  # per step (clean weight, weight), several ranks
+    health: HealthMeter | None = None  # the label-free health check of the weighting (famus.train.health)
+    probe: Probe | None = None  # its probe (the validation set), built on first use
+    _probe_built: bool = False
+    _flags: list[str] = field(default_factory=list)  # the latest health warnings
+    _probe_last: dict[str, Any] = field(default_factory=dict)  # the latest probe (each window's verdict uses it)
 
     def run(self, epoch: int, step: int, pos: EpochPosition, clock: Clock) -> dict[str, Any]:
         """The epoch (or its rest, from ``pos``); ``step``: the run's steps before it. Returns its record."""
         quality = None  # weight quality (clean vs noisy): where the noise was injected; meta methods only
-        if self.source.per_example and self.nets[0].learner is not None and self.cfg.log_quality \
-                and self.data.noise_known:
+        watched = self.source.per_example and self.nets[0].learner is not None and self.cfg.log_quality
+        if watched and self.data.noise_known:
             quality = QualityMeter(self.data.train_x.device)
-            if pos.quality is not None:
-                quality.load_state_dict(pos.quality)
+        self.health = HealthMeter(self.data.num_classes, self.data.train_x.device) if watched else None
+        saved = pos.quality or {}
+        if "window" in saved:  # a checkpoint of famus before the health check: the quality meter's state alone
+            saved = {"quality": saved}
+        if quality is not None and saved.get("quality") is not None:
+            quality.load_state_dict(saved["quality"])
+        if self.health is not None and saved.get("health") is not None:
+            self.health.load_state_dict(saved["health"])
         self._shares = []
         lr = lr_at(self.cfg, epoch, epoch * self.iters + min(pos.it, self.iters - 1), self.iters)
         for k in range(pos.k, passes(self.source)):
@@ -108,7 +120,8 @@ class EpochRunner:
                 check_finite(pos.bad, cfg.out, epoch, base + finished)  # only good states are saved
                 with clock.paused():
                     pos.time_s = clock.elapsed()
-                    pos.quality = quality.state_dict() if quality is not None else None
+                    pos.quality = {"quality": quality.state_dict() if quality is not None else None,
+                                   "health": self.health.state_dict() if self.health is not None else None}
                     self.checkpoint(epoch, base + finished, pos)
         return lr
 
@@ -134,7 +147,8 @@ class EpochRunner:
             stats = net.learner.step(batch.x, batch.y, xm, ym, scaler=net.scaler)
         if track:
             with clock.paused():  # tracking is analysis, not training time
-                self.tracker.record(step_no, epoch + 1, net.learner, batch.x, batch.y, xm, ym, stats, batch.corrupted)
+                corrupted = batch.corrupted if self.data.noise_known else None  # no noise mask: no split
+                self.tracker.record(step_no, epoch + 1, net.learner, batch.x, batch.y, xm, ym, stats, corrupted)
         self._account(stats, batch, pos, quality)
         return stats.train_loss
 
@@ -152,6 +166,10 @@ class EpochRunner:
             return  # mixed rows: no example of its own to score
         if self.scores is not None:
             self.scores.visit(batch.idx, stats.weights, self.batch)  # scatter on the device, no sync
+        if self.health is not None:
+            self.health.update(stats.weights, batch.y, self.batch, stats.meta_updated)
+        if not self.data.noise_known:
+            return  # no noise mask: the clean-noise fields would be meaningless
         w, clean = stats.weights.double(), (~batch.corrupted).double()
         if dist.is_distributed():  # the union batch's share, from every rank's sums (at the epoch's end)
             self._shares.append(torch.stack([(w * clean).sum(), w.sum()]))
@@ -167,11 +185,67 @@ class EpochRunner:
         self.bar.update(done - self.bar.n)
         sampled = math.ceil(pos.it / self.source.loss_every)
         post = {"loss": f"{float(pos.loss_sum[k]) / sampled:.4f}", "lr": f"{lr:g}"}
+        window: dict[str, Any] = {}
         if quality is not None:
-            pos.windows.append({"step": done, **quality.window(), "v_curve": v_curve(self.nets[k].learner.method)})
-            auroc = pos.windows[-1]["weight_auroc"]
+            window.update(quality.window(), v_curve=v_curve(self.nets[k].learner.method))
+            auroc = window["weight_auroc"]
             post["auroc"] = "-" if auroc is None else f"{auroc:.3f}"
+        if self.health is not None:
+            window["health"] = self._health_window(k)
+            if self._flags:
+                post["health"] = short(self._flags)
+        if window:
+            pos.windows.append({"step": done, **window})
         self.bar.set_postfix(post)
+
+    def _health_window(self, k: int) -> dict[str, Any]:
+        """The window's weight statistics, MW-Net's V(loss), MLC's transition diagonal, and its warnings."""
+        learner = self.nets[k].learner
+        h = self.health.window()
+        v = v_curve(learner.method)
+        if v is not None:
+            h["v_curve"] = v
+        t = transition_summary(learner.method)
+        if t is not None:
+            h["t_diag"] = t["t_diag"]
+        window = {**h, "num_classes": self.data.num_classes}
+        done, balanced = self._meta_steps_done(learner), self._balanced()
+        h["flags"] = assess(self.cfg.method, window, None, done, balanced)  # logged: the window's own numbers
+        # the progress line adds the last epoch's probe (kept in memory only: a resumed run logs the same)
+        self._flags = assess(self.cfg.method, window, self._probe_last or None, done, balanced)
+        return h
+
+    @staticmethod
+    def _meta_steps_done(learner) -> int:
+        return max(0, (learner.steps - learner.meta_warmup + learner.meta_every - 1) // learner.meta_every)
+
+    def _balanced(self) -> bool:
+        """A noise task, where V rising with the loss is wrong (not a long tail, whose point that is)."""
+        return self.cfg.imbalance == 1 and self.cfg.loss == "ce"
+
+    def _epoch_health(self, pos: EpochPosition) -> dict[str, Any]:
+        """The epoch's health record: histogram, class means, MLC's matrix, the probe, the warnings."""
+        learner = self.nets[0].learner
+        out = self.health.epoch()
+        t = transition_summary(learner.method)
+        if t is not None:
+            out.update(t)
+        if not self._probe_built:
+            self._probe_built = True
+            if not dist.is_distributed():  # one process's probe: the meta gradient would be collective
+                self.probe = Probe.build(self.data, self.cfg.seed, getattr(self.source, "meta_bs", 0) or self.batch)
+        probe = {}
+        if self.probe is not None:
+            probe = run_probe(self.probe, learner, self.data, self.batch, self.precision.autocast)
+            out.update(probe)
+            self._probe_last = probe
+        last = next((w["health"] for w in reversed(pos.windows) if "health" in w), {})
+        flags = assess(self.cfg.method, {**out, **last, "num_classes": self.data.num_classes,
+                                         "v_curve": v_curve(learner.method)},
+                       probe, self._meta_steps_done(learner), self._balanced())
+        out["flags"] = flags
+        self._flags = flags
+        return out
 
     def _record(self, pos: EpochPosition, epoch_time: float, lr: float, quality) -> dict[str, Any]:
         """The epoch's metrics record (floats): one host sync per epoch."""
@@ -192,6 +266,13 @@ class EpochRunner:
         record["stage_time_s"] = {key: v / steps for key, v in pos.stage.items()}
         if pos.gates:
             record["gate_rate"] = {key: float(v) / steps for key, v in pos.gates.items()}
+        v = v_curve(self.nets[0].learner.method)
         if quality is not None:
-            record.update(quality.epoch(), v_curve=v_curve(self.nets[0].learner.method), quality_steps=pos.windows)
+            record.update(quality.epoch(), v_curve=v,
+                          quality_steps=[{k: x for k, x in w.items() if k != "health"} for w in pos.windows])
+        if self.health is not None:
+            record["health_steps"] = [{"step": w["step"], **w["health"]} for w in pos.windows if "health" in w]
+            record["health"] = self._epoch_health(pos)
+            if v is not None:
+                record["v_curve"] = v
         return record

@@ -1,10 +1,16 @@
-"""Accuracy of a run's networks on the test and validation splits, at each epoch's end."""
+"""Accuracy of a run's networks on the test and validation splits, at each epoch's end.
+
+A single network's record also holds the mean cross-entropy of each split (``test_loss``, ``val_loss``),
+the validation per-class accuracy and, up to :data:`MAX_CONFUSION` classes, the confusion matrices
+(``confusion``: ``{"test": [[...]], "val": [[...]]}``, rows the true class) that ``famus report`` shows.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from famus import distributed as dist
@@ -24,31 +30,48 @@ def _split(data: RunData, split: str):
     return (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: RunData, batch_size: int,
-             split: str = "test") -> tuple[float | None, torch.Tensor | None]:
-    """Accuracy and per-class accuracy ``(C,)`` on the ``test`` (or ``val``) split, in eval mode.
+MAX_CONFUSION = 30  # classes up to which the epoch records hold confusion matrices
 
-    ``(None, None)`` when the split is empty. With several processes each rank evaluates a contiguous part
-    of the split (the ranks' models are identical) and the per-class counts are summed over ranks.
+
+@torch.no_grad()
+def split_stats(model: nn.Module, data: RunData, batch_size: int, split: str = "test") -> dict[str, Any] | None:
+    """Accuracy, per-class accuracy ``(C,)``, mean cross-entropy and the confusion matrix ``(C, C)`` (rows: the
+    true class, columns: the predicted one) on the ``test`` (or ``val``) split, in eval mode; ``None`` when the
+    split is empty.
+
+    With several processes each rank evaluates a contiguous part of the split (the ranks' models are
+    identical) and the counts are summed over ranks.
     """
     xs, ys = _split(data, split)
     if ys is None or ys.numel() == 0:
-        return None, None
+        return None
     was = model.training
     model.eval()
-    correct = torch.zeros(data.num_classes, device=ys.device)
+    c = data.num_classes
+    conf = torch.zeros(c * c, device=ys.device, dtype=torch.float64)
+    loss = torch.zeros((), device=ys.device, dtype=torch.float64)
     n, w, r = xs.shape[0], dist.world_size(), dist.rank()
     for i in range(n * r // w, n * (r + 1) // w, batch_size):
         end = min(i + batch_size, n * (r + 1) // w)
-        x = data.augmenter.normalize(xs[i:end])
         y = ys[i:end]
-        hit = (logits_of(model(x)).argmax(1) == y).float()
-        correct.index_add_(0, y, hit)
-    (correct,) = dist.sum_over_ranks([correct])
+        logits = logits_of(model(data.augmenter.normalize(xs[i:end]))).float()
+        conf += torch.bincount(y * c + logits.argmax(1), minlength=c * c).double()
+        loss += F.cross_entropy(logits, y, reduction="sum").double()
+    conf, loss = dist.sum_over_ranks([conf, loss])
     model.train(was)
-    counts = torch.bincount(ys, minlength=data.num_classes).clamp(min=1)
-    return float(correct.sum() / ys.numel()), (correct / counts).cpu()
+    conf = conf.reshape(c, c).cpu()
+    correct = conf.diagonal()
+    counts = conf.sum(1).clamp(min=1)
+    return {"acc": float(correct.sum() / ys.numel()), "per_class": (correct / counts).float(),
+            "loss": float(loss) / ys.numel(), "confusion": conf.long()}
+
+
+def evaluate(model: nn.Module, data: RunData, batch_size: int,
+             split: str = "test") -> tuple[float | None, torch.Tensor | None]:
+    """Accuracy and per-class accuracy ``(C,)`` on the ``test`` (or ``val``) split (:func:`split_stats`);
+    ``(None, None)`` when the split is empty."""
+    s = split_stats(model, data, batch_size, split)
+    return (None, None) if s is None else (s["acc"], s["per_class"])
 
 
 @torch.no_grad()
@@ -80,11 +103,21 @@ def evaluate_models(models: list[nn.Module], data: RunData, batch_size: int,
         *each, test = ensemble_accuracies(models, data, batch_size)
         val = ensemble_accuracies(models, data, batch_size, "val")[-1]
         return {"test_acc": test, "val_acc": val, **{f"test_acc_net{k + 1}": a for k, a in enumerate(each)}}
-    acc, per_class = evaluate(models[0], data, batch_size)
-    val, _ = evaluate(models[0], data, batch_size, "val")
-    out: dict[str, Any] = {"test_acc": acc, "val_acc": val}
-    if per_class is not None:
-        out["per_class_acc"] = [round(float(a), 6) for a in per_class]
+    test, val = (split_stats(models[0], data, batch_size, s) for s in ("test", "val"))
+    out: dict[str, Any] = {"test_acc": test and test["acc"], "val_acc": val and val["acc"]}
+    confusion = {}
+    for name, s in (("test", test), ("val", val)):
+        if s is None:
+            continue
+        out[f"{name}_loss"] = round(s["loss"], 6)
+        if data.num_classes <= MAX_CONFUSION:  # (famus report: the chosen epoch's matrix)
+            confusion[name] = s["confusion"].tolist()
+    if test is not None:
+        out["per_class_acc"] = [round(float(a), 6) for a in test["per_class"]]
         if groups is not None:
-            out.update(group_acc=group_accuracy(per_class, groups), group_rule=group_rule)
+            out.update(group_acc=group_accuracy(test["per_class"], groups), group_rule=group_rule)
+    if val is not None:
+        out["val_per_class_acc"] = [round(float(a), 6) for a in val["per_class"]]
+    if confusion:
+        out["confusion"] = confusion
     return out

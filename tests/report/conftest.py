@@ -56,9 +56,25 @@ def tiny_learner(method="mwnet", engine="exact", **engine_options):
     return famus.MetaLearner(model, opt, method, engine, engine_options=engine_options)
 
 
+def health_record(e: int, epochs: int, classes: int = 3) -> dict:
+    """A plausible epoch ``health`` record (famus.train.health) of epoch ``e``."""
+    from famus.train.health import BINS, bin_edges
+
+    counts = [0] * BINS
+    counts[40], counts[49], counts[55] = 10 * e, 50, 20 * (epochs - e + 1)
+    return {"w_q": [0.2, 0.8, 1.0, 1.3, 2.0], "w_cv": 0.05 if e == 1 else 0.6, "zero_share": 0.0,
+            "weight_hist": {"edges": bin_edges(), "counts": counts}, "class_weight": [0.9, 1.0, 1.1][:classes],
+            "probe_flip_auc": 0.6 + 0.1 * e, "probe_vs_train": 0.55, "probe_se": 0.04, "probe_train_se": 0.03,
+            "probe_n": 30, "flags": ["flat: weights within 5.0% (cv) of uniform"] if e == 1 else []}
+
+
 def write_run(root: Path, name: str, method="mwnet", engine="famus", epochs=3, iters=10, metrics=True,
-              tracking=True, config=True, seed=0) -> Path:
-    """A hand-written run folder with plausible numbers (deterministic in ``seed``)."""
+              tracking=True, config=True, seed=0, extras=True) -> Path:
+    """A hand-written run folder with plausible numbers (deterministic in ``seed``).
+
+    ``extras``: validation numbers, confusion matrices and the health check in the records, and
+    ``example_scores.csv``, ``suspects.npz`` (3x5x5 images) and ``classes.json``, as famus writes them.
+    """
     g = torch.Generator().manual_seed(seed)
     run = root / name
     run.mkdir(parents=True)
@@ -72,9 +88,18 @@ def write_run(root: Path, name: str, method="mwnet", engine="famus", epochs=3, i
         wall += it * iters
         rec = {"train_loss": 1.0 / e, "lr": 0.1, "time_per_iter_s": it, "epoch": e, "step": e * iters,
                "test_acc": acc, "best_test_acc": best, "wall_time_s": wall, "per_class_acc": [acc] * 3}
+        if extras:
+            rec.update(val_acc=acc - 0.02, val_loss=1.2 / e, test_loss=1.1 / e,
+                       confusion={"test": [[8, 1, 1], [2, 7, 1], [0, 1, 9]], "val": [[3, 0, 1], [1, 3, 0], [0, 0, 4]]})
         if method != "erm":
             rec.update(meta_loss=0.9 / e, clean_weight_share=0.6 + 0.05 * e,
                        stage_time_s={s: it / 8 for s in STAGES})
+            if extras:  # the first epoch's weights are flat (a warning)
+                rec["meta_steps"] = 60
+                rec["health"] = health_record(e, epochs)
+                rec["health_steps"] = [{"step": (e - 1) * iters + k, "w_q": [0.2, 0.7, 1.0, 1.2, 1.9 + 0.1 * e],
+                                        "w_cv": 0.05 if e == 1 else 0.5, "zero_share": 0.0, "meta_steps": 5,
+                                        "flags": []} for k in (iters // 2, iters)]
             if engine == "famus":
                 rec["gate_rate"] = {"conv": 0.2 * e / epochs, "hidden": 0.5, "fc": 1.0}
             rec["quality_steps"] = [{"step": (e - 1) * iters + k, "weight_auroc": 0.5 + 0.1 * e, "clean_lift": 0.05 * e,
@@ -102,7 +127,27 @@ def write_run(root: Path, name: str, method="mwnet", engine="famus", epochs=3, i
             }
             lines.append(json.dumps(rec) + "\n")
         (run / "tracking.jsonl").write_text("".join(lines))
+    if extras:
+        write_scores_files(run, seed)
     return run
+
+
+def write_scores_files(run: Path, seed: int = 0, n: int = 40) -> None:
+    """``example_scores.csv`` (a low-scored group of 10 in 40), ``suspects.npz`` and ``classes.json``."""
+    import numpy as np
+
+    from famus.issues import write_scores
+
+    rng = np.random.default_rng(seed)
+    score = np.concatenate([rng.uniform(0.0, 0.1, 10), rng.uniform(0.9, 1.5, n - 10)])
+    given = np.arange(n) % 3
+    write_scores(run / "example_scores.csv", np.arange(n), [f"c{g}/{i}.png" for i, g in enumerate(given)], given,
+                 (given + (score < 0.5)) % 3, score, ["ant", "bee", "<cat>"])
+    (run / "classes.json").write_text('["ant", "bee", "<cat>"]')
+    order = np.argsort(score)[:8]
+    np.savez(run / "suspects.npz", index=order, given=given[order], predicted=(given[order] + 1) % 3,
+             score=score[order], path=np.array([f"c{given[i]}/{i}.png" for i in order]),
+             images=rng.integers(0, 255, (8, 5, 5, 1), dtype=np.uint8))
 
 
 @pytest.fixture

@@ -51,8 +51,12 @@ def _check_numbers(out, runs):
         row = table[name]
         assert row["best test acc (paper)"] == f"{best * 100:.2f}%"
         assert row["last test acc"] == f"{recs[-1]['test_acc'] * 100:.2f}%"
-        # no validation data in these runs: the chosen model is the last epoch's, and the table says so
-        assert row["chosen test acc"] == f"{recs[-1]['test_acc'] * 100:.2f}% (last)"
+        if any(r.get("val_acc") is not None for r in recs):  # the best validation accuracy (ties: the later)
+            best_val = max(r["val_acc"] for r in recs)
+            chosen = [r for r in recs if r["val_acc"] == best_val][-1]
+            assert row["chosen test acc"] == f"{chosen['test_acc'] * 100:.2f}%"
+        else:  # no validation data: the chosen model is the last epoch's, and the table says so
+            assert row["chosen test acc"] == f"{recs[-1]['test_acc'] * 100:.2f}% (last)"
         assert row["time/iteration"] == f"{mean_it * 1000:.2f} ms"
         assert row["wall time"] == f"{recs[-1]['wall_time_s']:.2f} s"
         assert row["epochs"] == str(recs[-1]["epoch"])
@@ -64,9 +68,12 @@ def _check_numbers(out, runs):
 def test_fake_runs_full_report(fake_runs, tmp_path, capsys):
     out = tmp_path / "report"
     result = make_report(fake_runs, out)
-    names = sorted(Path(f).name for f in result["figures"])
-    assert names == ["accuracy.png", "layers.png", "meta_gradient_mwnet.png", "stage_time.png", "v_curves.png",
-                     "weight_quality.png", "weights_02_mw-exact.png", "weights_03_mw-famus.png"]
+    names = [Path(f).name for f in result["figures"]]
+    assert names == ["accuracy.png", "losses.png", "classes_01_erm.png", "classes_02_mw-exact.png",
+                     "classes_03_mw-famus.png", "health_02_mw-exact.png", "health_03_mw-famus.png", "scores_01_erm.png",
+                     "scores_02_mw-exact.png", "scores_03_mw-famus.png", "v_curves.png", "weight_quality.png",
+                     "stage_time.png", "meta_gradient_mwnet.png", "weights_02_mw-exact.png",
+                     "weights_03_mw-famus.png", "layers.png"]
     html = _check_figures(result, out)
     _check_numbers(out, fake_runs)
     assert result["problems"] == {} and result["skipped"] == []
@@ -81,7 +88,9 @@ def test_real_run_report(real_run, fake_runs, tmp_path, capsys):
     out = tmp_path / "report"
     result = make_report([real_run, fake_runs[0]], out)
     names = sorted(Path(f).name for f in result["figures"])
-    assert names == ["accuracy.png", "layers.png", "meta_gradient_mwnet.png", "stage_time.png", "v_curves.png",
+    assert names == ["accuracy.png", "classes_01_mw-famus-digits.png", "classes_02_erm.png",
+                     "health_01_mw-famus-digits.png", "layers.png", "losses.png", "meta_gradient_mwnet.png",
+                     "scores_01_mw-famus-digits.png", "scores_02_erm.png", "stage_time.png", "v_curves.png",
                      "weight_quality.png", "weights_01_mw-famus-digits.png"]
     _check_figures(result, out)
     _check_numbers(out, [real_run, fake_runs[0]])
@@ -156,7 +165,7 @@ def test_partial_runs_are_reported_not_fatal(tmp_path, capsys):
     for case in ("no-metrics", "empty-metrics"):
         assert f"| {case} | mwnet | famus | 0 | n/a | n/a | n/a | n/a |" in md
     assert "| missing-keys | mwnet | famus | 3 |" in md and md.count("| n/a |") >= 3  # wall time unknown
-    assert "missing-keys: no wall_time_s/test_acc numbers" in html
+    assert "missing-keys: no wall_time_s/test_acc or val_acc numbers" in html
     assert "| no-config | ? | ? |" in md and "| truncated | mwnet | famus | 3 |" in md
     table = _table(md)
     recs = _metrics(runs["bad-line"], skip_bad=True)
@@ -165,8 +174,8 @@ def test_partial_runs_are_reported_not_fatal(tmp_path, capsys):
 
 def test_only_broken_runs_still_write_a_report(tmp_path, capsys):
     root = tmp_path / "runs"
-    a = write_run(root, "a", metrics=False, tracking=False)
-    b = write_run(root, "b")
+    a = write_run(root, "a", metrics=False, tracking=False, extras=False)
+    b = write_run(root, "b", extras=False)
     (b / "metrics.jsonl").write_text("")
     (b / "tracking.jsonl").write_text("\n")
     result, err, md, html = _report([a, b], tmp_path, capsys)
@@ -182,7 +191,8 @@ def test_missing_run_dir_among_valid_ones(fake_runs, tmp_path, capsys):
     assert result["problems"]["ghost"] == ["the folder does not exist"]
     assert f"{ghost}: the folder does not exist" in err
     assert "ghost" in md and "ghost" in html and len(result["runs"]) == 1
-    assert {Path(f).name for f in result["figures"]} == {"accuracy.png", "stage_time.png"}
+    assert {Path(f).name for f in result["figures"]} == {"accuracy.png", "losses.png", "classes_01_erm.png",
+                                                         "scores_01_erm.png", "stage_time.png"}
 
 
 def test_no_valid_run_dir_is_an_error(tmp_path, capsys):
@@ -255,3 +265,73 @@ def test_gate_fractions_from_metrics_or_tracking(tmp_path):
     fr, source = gate_fractions(load_run(run))
     assert source.startswith("tracked steps") and fr == {"conv": (2.0, 4.0), "hidden": (4.0, 4.0), "fc": (4.0, 4.0)}
     assert gate_fractions(load_run(write_run(tmp_path, "exact", engine="exact"))) is None
+
+
+def test_garbage_metrics_is_bounded(tmp_path, capsys):
+    """A 10 MB garbage metrics.jsonl (issue 25): a few warning lines and a small page, not one per line."""
+    import random
+
+    run = write_run(tmp_path / "runs", "garbage", extras=False)
+    rng = random.Random(0)
+    line = bytes(rng.randrange(32, 127) for _ in range(35)) + b"\n"
+    (run / "metrics.jsonl").write_bytes(line * (10_000_000 // len(line)))
+    result, err, md, html = _report([run], tmp_path, capsys)
+    msgs = result["problems"]["garbage"]
+    assert len(msgs) <= 10 and any("more lines that are not JSON objects" in m for m in msgs)
+    assert len(err.splitlines()) <= 21 and len(html) < 1_000_000 and len(md) < 20_000
+
+
+def test_warnings_are_capped(tmp_path, capsys):
+    runs = [write_run(tmp_path / "runs", f"r{i}", metrics=False, tracking=False, extras=False) for i in range(30)]
+    result, err, md, html = _report(runs, tmp_path, capsys)
+    lines = err.splitlines()
+    assert len(lines) == 21 and lines[-1].startswith("famus report: and ") and "more (all in" in lines[-1]
+    assert md.count("no metrics.jsonl") == 30  # summary.md keeps every one
+
+
+def test_no_argument_is_a_run_exits_2_and_writes_nothing(tmp_path, capsys):
+    notarun = tmp_path / "notarun"
+    notarun.mkdir()
+    (notarun / "photo.png").write_bytes(b"x")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run_cli(parser.parse_args([str(notarun), "--out", str(tmp_path / "out")])) == 2
+    err = capsys.readouterr().err
+    assert "no run folder found" in err and "not a famus run folder" in err and not (tmp_path / "out").exists()
+    good = write_run(tmp_path / "runs", "good", extras=False)
+    assert run_cli(parser.parse_args([str(notarun), str(good), "--out", str(tmp_path / "out")])) == 0
+
+
+def test_real_data_report_page(tmp_path, capsys):
+    """A run without injected noise and without a test split: validation curves, the validation confusion matrix,
+    the health section and suspect thumbnails, escaped."""
+    run = write_run(tmp_path / "runs", "mine", extras=True)
+    rows = _metrics(run)
+    for r in rows:
+        r.pop("test_acc")
+        r["confusion"].pop("test")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result, err, md, html = _report([run], tmp_path, capsys)
+    names = [Path(f).name for f in result["figures"]]
+    want = {"accuracy.png", "losses.png", "classes_01_mine.png", "health_01_mine.png", "scores_01_mine.png"}
+    assert want <= set(names)
+    assert "validation data (the run has no test split)" in html
+    assert "Health check of the weighting" in html and "flat" in html and "raised at 1 of 3 epochs" in html
+    assert html.count('<div class="card"><img src="data:image/png;base64,') == 8
+    assert "&lt;cat&gt;" in html and "<cat>" not in html  # class names escaped
+
+
+def test_feature_data_suspects_are_rows(tmp_path, capsys):
+    import numpy as np
+
+    run = write_run(tmp_path / "runs", "features", extras=True)
+    with np.load(run / "suspects.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "images"}  # feature data: no thumbnails
+    arrays["path"] = np.array([""] * len(arrays["index"]))
+    np.savez(run / "suspects.npz", **arrays)
+    result, err, md, html = _report([run], tmp_path, capsys)
+    assert '<div class="card">' not in html and "<th>clean score</th>" in html
+    assert html.count("</td></tr>") >= 8 and "&lt;cat&gt;" in html
+    (run / "suspects.npz").write_bytes(b"not a zip")  # damaged: the rows come from example_scores.csv
+    result, err, md, html = _report([run], tmp_path, capsys)
+    assert "<th>clean score</th>" in html and "report" not in result["problems"]

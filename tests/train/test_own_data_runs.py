@@ -64,11 +64,15 @@ def test_folder_run_saves_classes_keeps_labels_and_lists_suspects(tmp_path, caps
     summary = json.loads((out / "summary.json").read_text())
     assert summary["selection"] == "best validation accuracy" and "validation split" in summary["val_source"]
     assert summary["clean_score"] == "meta_weight" and "label_issues" not in summary  # no known noise
-    issues = famus.label_issues(out)
-    assert list(issues.clean_score) == sorted(float(r["clean_score"]) for r in rows)
+    issues = famus.label_issues(out)  # flagged first, each part by score; absolute paths
+    k = int(issues.flagged.sum())
+    assert sorted(issues.clean_score) == sorted(float(r["clean_score"]) for r in rows)
+    assert list(issues.clean_score[:k]) == sorted(issues.clean_score[:k])
+    assert list(issues.clean_score[k:]) == sorted(issues.clean_score[k:])
+    assert all(p == str((root / r).resolve()) for p, r in zip(sorted(issues.path), sorted(r["path"] for r in rows)))
     assert main(["issues", str(out), "--top", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["rank", "index", "given", "predicted", "clean_score", "path"]
+    assert lines[0].split() == ["rank", "index", "given", "predicted", "clean_score", "flagged", "path"]
     assert [line.split()[1] for line in lines[1:4]] == [str(i) for i in issues.index[:3]]
     assert lines[1].split()[2] in NAMES and lines[4] == "clean score: meta_weight"
 

@@ -73,4 +73,4 @@ def test_scores_csv_round_trip_and_ranking(tmp_path):
     assert issues.index.tolist() == [12, 13, 10, 11] and issues.path.tolist() == ["c.png", "d.png", "a.png", "b.png"]
     assert issues.given_label.tolist() == [1, 0, 0, 1] and math.isnan(issues.clean_score[-1])
     text = format_issues(issues.top(2))
-    assert text.splitlines()[1].split() == ["1", "12", "moth", "ant", "0.1", "c.png"]
+    assert text.splitlines()[1].split() == ["1", "12", "moth", "ant", "0.1", "no", "c.png"]  # too few to flag
