@@ -87,8 +87,9 @@ def test_assess_warnings():
     assert assess("mlc", {"t_diag": 0.8, "num_classes": 10}, None, 100) == []
 
 
+# runs compared with each other pin the engine (auto times exact and fd: two runs may choose apart)
 COMMON = dict(dataset="digits", model="mlp", meta_per_class=10, batch_size=64, lr=0.05, progress=False, epochs=2,
-              log_every=5, threads=1)
+              log_every=5, threads=1, meta_grad="fd")
 
 
 def _rows(run):
