@@ -238,7 +238,7 @@ def summary_lines(summary: dict[str, Any]) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from famus.train.demo import run_demo
+    from famus.demo import run_demo
 
     return run_demo(out=args.out, quick=args.quick, data_dir=args.data_dir, threads=args.threads,
                     progress=not args.quiet)

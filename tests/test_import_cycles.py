@@ -93,3 +93,18 @@ def test_the_finder_finds_a_cycle():
 def test_no_new_import_cycles():
     cycles = [c for c in _cycles(_graph()) if frozenset(c) not in KNOWN]
     assert not cycles, f"import cycles: {[sorted(c) for c in cycles]}"
+
+
+def test_the_layers_import_downwards_only():
+    """Training, the meta step, data and models never import the report (nor the demo, bench or compare that use
+    them), not even inside a function: ``famus report`` reads what a run wrote."""
+    above = ("famus.report", "famus.demo", "famus.bench", "famus.compare", "famus.cli")
+    bad = []
+    for name, path in _modules().items():
+        if not name.startswith(("famus.train", "famus.meta", "famus.data", "famus.models")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            bad += [f"{name} imports {t}" for t in targets if t.startswith(above)]
+    assert not bad, bad

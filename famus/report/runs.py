@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from famus.report.tracking import TRACKING_FILE
+from famus.train.tracking import TRACKING_FILE
 from famus.yamlload import safe_load
 
 METRICS_FILE = "metrics.jsonl"

@@ -35,7 +35,7 @@ from famus.train.nets import Net, build_net
 from famus.train.position import EpochPosition
 from famus.train.pseudo import PseudoSource
 from famus.train.resume import resume_checkpoint
-from famus.train.run_folder import claim_out_dir, start_run_folder
+from famus.train.run_folder import claim_out_dir, note_run_info, start_run_folder
 from famus.train.scores import ScoreTracker, finish_scores, score_source
 from famus.train.selection import ModelSelection
 from famus.train.state import Resumed, restore
@@ -264,7 +264,7 @@ class _Run:
         learner = self.nets[0].learner
         if learner is None or not self.cfg.track_every:
             return None
-        from famus.report.tracking import Tracker
+        from famus.train.tracking import Tracker
 
         tracker = Tracker(self.run_dir, self.cfg.track_every, [i.name for i in learner.layer_infos],
                           keep_until=done if self.cfg.resume else None)
@@ -362,8 +362,13 @@ class _Run:
         res.elapsed += record.pop("epoch_time_s")
         record.update(epoch=epoch + 1, step=step, **self.selection.record(), best_test_acc=res.best,
                       wall_time_s=res.elapsed)
+        meta = self._meta_update_info()
+        if meta is not None and meta.get("choice") is not None:
+            record["engine_choice"] = meta["choice"]  # what --meta-grad auto timed faster
         if not self.main:
             return
+        if meta is not None:
+            note_run_info(self.run_dir, meta_update=meta)
         metrics.write(record)  # before the checkpoint: a kill between the two redoes the epoch and its record
         if chosen:
             self.save_best(epoch + 1)
@@ -371,6 +376,21 @@ class _Run:
         if runner.schedule is not None:
             runner.schedule.written()
         runner.bar.set_postfix({k: f"{record[k]:.4f}" for k in ("test_acc", "val_acc") if record[k] is not None})
+
+    def _meta_update_info(self) -> dict[str, Any] | None:
+        """The first network's meta-update schedule and engine (``run.json``'s ``meta_update``): the engine, with
+        ``choice`` and its ``timings`` where it chose by timing (``auto``), lagged, warm-up, dense and every."""
+        learner = self.nets[0].learner
+        if learner is None:
+            return None
+        engine = learner.engine
+        info = {"engine": learner.engine_name, "lagged": learner.lagged, "warmup": learner.meta_warmup,
+                "dense": learner.meta_dense, "every": learner.meta_every}
+        if hasattr(engine, "choice"):
+            info["choice"] = engine.choice
+            if getattr(engine, "timings", None):  # measured in this process (a resumed one loads only the choice)
+                info["timings_s"] = dict(engine.timings)
+        return info
 
     def _summary(self) -> dict[str, Any]:
         if not self.main:  # the other ranks return rank 0's summary

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -117,6 +118,20 @@ def start_run_folder(cfg: TrainConfig, run_dir: Path, data: RunData, device: tor
     resumes.append({"step": step, "code_version": code_version(), "torch": torch.__version__, "device": str(device),
                     "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     info["resumed"] = resumes
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+
+
+def note_run_info(run_dir: Path, **keys: Any) -> None:
+    """Add ``keys`` to ``run.json`` (written atomically), e.g. what ``--meta-grad auto`` chose once it chose; a
+    mapping is merged into the one already there (a resumed run keeps what the first process recorded)."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    new = {k: {**info[k], **v} if isinstance(v, dict) and isinstance(info.get(k), dict) else v for k, v in keys.items()}
+    if all(info.get(k) == v for k, v in new.items()):
+        return
+    info.update(new)
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
 
 

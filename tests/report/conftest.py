@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 import famus
-from famus.report import Tracker
+from famus.train.tracking import Tracker
 
 STAGES = ("virtual_forward", "virtual_backward", "meta_forward", "meta_backward", "actual_forward", "actual_backward")
 

@@ -238,7 +238,7 @@ def test_same_folder_names_get_unique_labels(tmp_path):
 
 
 @pytest.mark.slow
-def test_public_names_resolve_and_tracking_needs_no_matplotlib():
+def test_public_names_resolve_and_training_needs_no_matplotlib():
     import subprocess
     import sys
 
@@ -246,7 +246,8 @@ def test_public_names_resolve_and_tracking_needs_no_matplotlib():
 
     for name in famus.report.__all__:
         assert getattr(famus.report, name) is not None
-    code = "import sys; from famus.report import Tracker; print('matplotlib' in sys.modules)"
+    code = ("import sys; import famus.report; from famus.train import train; from famus.train.tracking import Tracker; "
+            "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

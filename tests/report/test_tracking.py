@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import famus
-from famus.report import RunningMoments, Tracker
+from famus.train.tracking import RunningMoments, Tracker
 
 from .conftest import tiny_batches, tiny_learner
 

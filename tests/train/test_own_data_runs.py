@@ -14,11 +14,11 @@ import yaml
 
 import famus
 from famus.cli import main
+from famus.demo import demo_configs
 from famus.issues import detection_quality
 from famus.train import TrainConfig
 from famus.train.checkpoint import load_checkpoint
 from famus.train.data import prepare_data
-from famus.train.demo import demo_configs
 from famus.train.selection import NO_VALIDATION
 from tests.own_data import CLASSES, images, save, write_class_folders, write_list, write_split_folders
 
