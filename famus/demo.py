@@ -69,7 +69,7 @@ def demo_configs(out: str | Path, quick: bool = False, data_dir: str | None = No
     for label, folder, keys in RUNS:
         meta = keys["method"] in ("mwnet", "l2r", "mlc")
         cfg = TrainConfig(**{**setting, **keys}, data_dir=data_dir, seed=1, threads=threads, progress=progress,
-                          track_every=(10 if quick else 100) if meta else 0, out=str(out / folder))
+                          track_every=(10 if quick else 100) if meta else 0, out=str(out / folder)).validate()
         cfgs.append((label, cfg))
     return cfgs
 

@@ -15,7 +15,7 @@ import torch
 
 import famus
 from famus.cli import TRAIN_FLAGS, build_parser, config_defaults, main, resume_hint
-from famus.meta.engines import DEFAULT_ENGINE
+from famus.meta.recipe import default_recipe
 from famus.progress import LineProgress, progress
 from famus.train.checkpoint import load_checkpoint
 from famus.train.loop import _Run
@@ -84,7 +84,7 @@ def test_train_into_a_file_writes_one_line_per_log_window(tmp_path, capsys):
     assert lines[0].startswith("famus: injecting symmetric label noise at rate 0.4: ")
     progress_lines = lines[1:]
     assert len(progress_lines) == 2 * (windows + 1), lines  # and one per epoch end
-    assert all(x.startswith(f"mwnet/{DEFAULT_ENGINE}: epoch ") for x in progress_lines)
+    assert all(x.startswith(f"mwnet/{default_recipe('mwnet').engine}: epoch ") for x in progress_lines)
     epoch_end = progress_lines[windows]
     assert f"epoch 1/2, step {iters}/{2 * iters} (50%), " in epoch_end and "test_acc=" in epoch_end
 

@@ -9,7 +9,6 @@ import yaml
 
 from famus.cli import main
 from famus.demo import NO_TRUSTED, RUNS, SETTING
-from famus.meta.engines import DEFAULT_ENGINE
 from famus.train.config import load_config
 
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
@@ -24,7 +23,7 @@ def test_demo_setting_is_the_versus_page_config():
     for key, value in SETTING.items():
         assert getattr(cfg, key) == value, key
     assert cfg.meta_warmup is None and cfg.meta_every is None and cfg.meta_dense is None
-    assert cfg.method_options == {} and cfg.engine_options == {} and cfg.meta_grad == DEFAULT_ENGINE
+    assert cfg.method_options == {} and cfg.engine_options == {} and cfg.meta_grad is None
     rows = yaml.safe_load(ROWS.read_text())
     assert NO_TRUSTED[1] in rows.values()
 

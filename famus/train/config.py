@@ -16,7 +16,6 @@ from typing import Any, Union
 
 import yaml
 
-from famus.meta.engines.base import DEFAULT_ENGINE
 from famus.yamlload import load_file
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -54,7 +53,9 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     # method
     method: str = "mwnet"  # erm, l2r, mwnet, mlc
-    meta_grad: str = DEFAULT_ENGINE  # auto (exact or fd, the faster), fd, exact, famus, jvp, ... (+lagged)
+    # auto (exact or fd, the faster), fd, exact, famus, jvp, ... (+lagged); None: the default recipe's
+    # (auto+lagged; L2R auto), like meta_every and meta_dense below (famus.meta.recipe; set by validate())
+    meta_grad: str | None = None
     method_options: dict[str, Any] = field(default_factory=dict)  # meta_lr, normalize, ...
     engine_options: dict[str, Any] = field(default_factory=dict)  # k, temperature, candidates, ...
     # which steps update the meta model (famus.meta.recipe): after the warm-up, every step for meta_dense
@@ -114,6 +115,7 @@ class TrainConfig:
         lists, must be finite; then the ranges and names below.
         """
         check_types(self)
+        self._resolve_recipe()
         self._validate_noise()
         self._validate_data()
         if self.imbalance < 1:
@@ -159,6 +161,20 @@ class TrainConfig:
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         return self
+
+    def _resolve_recipe(self) -> None:
+        """The default recipe (:mod:`famus.meta.recipe`) for the meta-update keys left unset: ``meta_grad``,
+        ``meta_every``, ``meta_dense`` (written to the run's ``config.yaml`` as resolved)."""
+        from famus.meta.methods import METHODS
+        from famus.meta.recipe import default_recipe
+
+        recipe = default_recipe(self.method if self.method in METHODS else "mwnet")
+        if self.meta_grad is None:
+            self.meta_grad = recipe.engine
+        if self.meta_every is None:
+            self.meta_every = recipe.every
+        if self.meta_dense is None:
+            self.meta_dense = recipe.dense
 
     def _validate_optimisation(self) -> None:
         """Optimizer, schedule and precision choices."""

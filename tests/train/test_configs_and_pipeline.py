@@ -16,7 +16,7 @@ from famus.train.data import prepare_data
 
 from ..data.test_data_loaders import write_cifar10
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").glob("**/*.yaml") if not p.name.startswith("rows"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -25,7 +25,19 @@ def test_every_shipped_config_is_valid(path):
     assert cfg.dataset in DATASETS and cfg.noise in NOISE and cfg.model in MODELS
     if cfg.method != "erm":
         famus.METHODS.get(cfg.method)
-        famus.ENGINES.get(cfg.meta_grad)
+        famus.ENGINES.get(cfg.meta_grad.removesuffix("+lagged"))
+
+
+def test_every_shipped_rows_file_is_valid():
+    from famus.compare import read_rows
+
+    for path in sorted((Path(__file__).parents[2] / "configs").glob("**/rows*.yaml")):
+        base = load_config(path.parent / "mlp-sym60.yaml")
+        for _name, over in read_rows(path).items():
+            cfg = load_config(path.parent / "mlp-sym60.yaml", base)
+            for key, value in over.items():
+                setattr(cfg, key, value)
+            cfg.validate()  # every row's config is a valid run
 
 
 def test_meta_set_is_clean_and_disjoint_from_training():

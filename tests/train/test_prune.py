@@ -159,8 +159,11 @@ def test_the_famus_ranker_flags_low_meta_weights(tmp_path):
     summary = train(TrainConfig(**{**COMMON, "method_options": {"ranker": "famus", "threshold": 0.8}}, out=str(out)))
     scores = read_scores(out / "rank" / "famus" / "example_scores.csv")  # the MW-Net run's clean scores
     ranking = load_verified(out / "prune.pt")
-    expected = np.nan_to_num(scores.clean_score, nan=np.inf) < 0.8  # never visited: kept
-    assert ranking["flagged"].numpy().tolist() == expected.tolist() and 0 < expected.sum() < len(expected)
+    score = np.nan_to_num(scores.clean_score, nan=np.inf)  # never visited: kept
+    expected = score < 0.8
+    clear = np.abs(score - 0.8) > 1e-5  # the CSV holds 6 significant digits: 0.7999999 reads as 0.8
+    flagged = ranking["flagged"].numpy()
+    assert (flagged[clear] == expected[clear]).all() and 0 < expected.sum() < len(expected) and clear.mean() > 0.99
     assert summary["clean_score"] == "meta_weight" and summary["prune"]["folds"] is None
     assert yaml.safe_load((out / "rank" / "famus" / "config.yaml").read_text())["method"] == "mwnet"
 
