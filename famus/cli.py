@@ -33,10 +33,12 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--train-subset", "train_subset", int, "keep this many training examples (stratified)"),
     ("--model", "model", str, "model name, or package.module:function"),
     ("--method", "method", str, "erm; a meta method: mwnet, l2r, mlc; a baseline: coteaching, prune "
-                                "(options: --set method_options.KEY=VALUE)"),
-    ("--loss", "loss", str, "training loss: ce, gce, sce, ldam, focal or cb (options: --set loss_options.KEY=VALUE)"),
-    ("--meta-grad", "meta_grad", str, "meta-gradient engine (auto: the default, exact or fd, the faster; exact, fd, "
-                                      "famus, jvp, block, ...; +lagged)"),
+                                "(options: --set method_options.KEY=VALUE) (default: the recommended recipe: mwnet "
+                                "with a trusted set, erm with --loss sce without one, docs/versus.md)"),
+    ("--loss", "loss", str, "training loss: ce, gce, sce, ldam, focal or cb (options: --set loss_options.KEY=VALUE) "
+                            "(default: ce, or the recommended recipe's with no --method)"),
+    ("--meta-grad", "meta_grad", str, "meta-gradient engine: auto (exact or fd, the faster), exact, fd, famus, jvp, "
+                                      "block, ...; +lagged (default: the recipe's, auto+lagged; L2R auto)"),
     ("--meta-every", "meta_every", int, "after the dense phase, update the meta model every k-th step (the others: "
                                         "ordinary weighted steps) (default: the recipe's, 5; L2R 1)"),
     ("--meta-dense", "meta_dense", int, "after the warm-up, update the meta model on every step for this many "

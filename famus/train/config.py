@@ -52,7 +52,9 @@ class TrainConfig:
     model: str = "small-resnet"
     model_options: dict[str, Any] = field(default_factory=dict)
     # method
-    method: str = "mwnet"  # erm, l2r, mwnet, mlc
+    # erm, mwnet, l2r, mlc, coteaching, prune; None: the recommended recipe (docs/versus.md; set by validate()):
+    # with a trusted set MW-Net (its default recipe), without one ERM on the SCE loss (famus.train.methods)
+    method: str | None = None
     # auto (exact or fd, the faster), fd, exact, famus, jvp, ... (+lagged); None: the default recipe's
     # (auto+lagged; L2R auto), like meta_every and meta_dense below (famus.meta.recipe; set by validate())
     meta_grad: str | None = None
@@ -72,7 +74,7 @@ class TrainConfig:
     # training loss (famus.losses): ce, gce, sce (robust to noise), ldam, focal, cb (long tail); per-class terms
     # use the training label counts.
     # erm, l2r and mwnet train on it (MW-Net's meta model sees it); the meta loss stays cross-entropy.
-    loss: str = "ce"
+    loss: str | None = None  # None: the recommended recipe's loss where the method is left unset too, else ce
     loss_options: dict[str, Any] = field(default_factory=dict)  # q; alpha, beta, A; max_m, s, drw_epoch, gamma
     # optimisation
     epochs: int = 10
@@ -115,6 +117,7 @@ class TrainConfig:
         lists, must be finite; then the ranges and names below.
         """
         check_types(self)
+        self._resolve_method()
         self._resolve_recipe()
         self._validate_noise()
         self._validate_data()
@@ -161,6 +164,22 @@ class TrainConfig:
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         return self
+
+    def has_trusted_set(self) -> bool:
+        """Whether the run has trusted labels for a meta set: ``--meta-data`` or ``meta_per_class`` > 0, clean mode."""
+        return self.meta_set == "clean" and (self.meta_per_class > 0 or bool(self.meta_data))
+
+    def _resolve_method(self) -> None:
+        """``method`` and ``loss`` left unset: the recommended recipe (:data:`famus.train.methods.RECOMMENDED`)."""
+        from famus.train.methods import RECOMMENDED
+
+        loss = "ce"
+        if self.method is None:
+            recipe = RECOMMENDED["pseudo" if self.meta_set == "pseudo" else
+                                 "trusted" if self.has_trusted_set() else "no trusted set"]
+            self.method, loss = recipe["method"], recipe["loss"]
+        if self.loss is None:
+            self.loss = loss
 
     def _resolve_recipe(self) -> None:
         """The default recipe (:mod:`famus.meta.recipe`) for the meta-update keys left unset: ``meta_grad``,

@@ -163,6 +163,15 @@ TRAINING_METHODS.add("prune", TrainingMethod(
     distributed=False, options=PruneOptions))  # its phases run in turn, on one process
 
 
+# What famus train runs when no --method (and no --loss) is given: the most accurate recipe of docs/versus.md
+# with a trusted set and without one (see the page for where a baseline wins, and by how much).
+RECOMMENDED: dict[str, dict[str, str]] = {
+    "trusted": {"method": "mwnet", "loss": "ce"},  # MW-Net, its default recipe (famus.meta.recipe)
+    "no trusted set": {"method": "erm", "loss": "sce"},  # symmetric cross-entropy (Wang et al. 2019)
+    "pseudo": {"method": "mwnet", "loss": "ce"},  # --meta-set pseudo: the paper's pseudo-clean recipe
+}
+
+
 def check_method(cfg: TrainConfig) -> TrainingMethod:
     """Check ``cfg``'s method: its name (an unknown one lists every method), its ``method_options`` and the
     settings it needs or refuses. Returns its registry entry."""

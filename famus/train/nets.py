@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -109,7 +109,10 @@ def build_net(cfg: TrainConfig, data: RunData, device: torch.device, precision: 
 
     ``seed_offset`` gives a second network its own initialization (pseudo-clean co-training);
     ``method_options`` are added to the config's (e.g. pseudo mode's ``loss_fn`` and ``regularizer``).
+    A config whose recommended-recipe keys are unset (not yet validated) is validated on a copy first.
     """
+    if None in (cfg.method, cfg.loss, cfg.meta_grad, cfg.meta_every, cfg.meta_dense):
+        cfg = replace(cfg).validate()
     torch.manual_seed(cfg.seed + seed_offset)
     model = _model(cfg, data, device)
     opt = make_optimizer(cfg, model.parameters())

@@ -121,7 +121,7 @@ def test_the_estimate_comes_from_the_networks_after_the_first_epoch(tmp_path):
     out = tmp_path / "cut"
     train(TrainConfig(**{**cfg, "epochs": 1}, out=str(out)))
     ck = load_checkpoint(out / "checkpoint.pt")
-    c = TrainConfig(**cfg, out=str(out))
+    c = TrainConfig(**cfg, out=str(out)).validate()
     data = prepare_data(c)
     nets = [build_net(c, data, torch.device("cpu"), seed_offset=100 * k) for k in range(2)]
     for net, state in zip(nets, ck["nets"]):

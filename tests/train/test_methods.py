@@ -45,3 +45,31 @@ def test_coteaching_takes_bf16_and_a_loss(tmp_path):
     summary = train({**COMMON, "method": "coteaching", "amp": "bf16", "loss": "focal", "epochs": 2,
                      "out": str(tmp_path / "r")})
     assert summary["epochs"] == 2 and summary["last_test_acc"] > 0.3
+
+
+def test_unset_method_and_loss_take_the_recommended_recipe():
+    from famus.train.config import TrainConfig
+    from famus.train.methods import RECOMMENDED
+
+    trusted = TrainConfig(dataset="digits").validate()  # meta_per_class 100: a trusted set is held out
+    assert (trusted.method, trusted.loss) == (RECOMMENDED["trusted"]["method"], RECOMMENDED["trusted"]["loss"])
+    none = TrainConfig(dataset="digits", meta_per_class=0).validate()
+    assert (none.method, none.loss) == (RECOMMENDED["no trusted set"]["method"], RECOMMENDED["no trusted set"]["loss"])
+    pseudo = TrainConfig(dataset="digits", meta_set="pseudo").validate()
+    assert (pseudo.method, pseudo.loss) == ("mwnet", "ce")
+    # a method given keeps its plain loss; a loss given is kept
+    assert TrainConfig(dataset="digits", method="erm", meta_per_class=0).validate().loss == "ce"
+    assert TrainConfig(dataset="digits", meta_per_class=0, loss="gce").validate().loss == "gce"
+
+
+def test_unset_meta_update_keys_take_the_default_recipe():
+    from famus.meta.recipe import default_recipe
+    from famus.train.config import TrainConfig
+
+    for method in ("mwnet", "mlc", "l2r"):
+        cfg = TrainConfig(dataset="digits", method=method).validate()
+        r = default_recipe(method)
+        assert (cfg.meta_grad, cfg.meta_every, cfg.meta_dense) == (r.engine, r.every, r.dense)
+    assert default_recipe("l2r").engine == "auto" and default_recipe("mwnet").engine == "auto+lagged"
+    given = TrainConfig(dataset="digits", meta_grad="exact", meta_every=1).validate()
+    assert (given.meta_grad, given.meta_every, given.meta_dense) == ("exact", 1, default_recipe("mwnet").dense)
