@@ -26,6 +26,9 @@ def test_demo_setting_is_the_versus_page_config():
     assert cfg.method_options == {} and cfg.engine_options == {} and cfg.meta_grad is None
     rows = yaml.safe_load(ROWS.read_text())
     assert NO_TRUSTED[1] in rows.values()
+    from famus.train.methods import RECOMMENDED
+
+    assert {k: NO_TRUSTED[1][k] for k in ("method", "loss")} == RECOMMENDED["no trusted set"]
 
 
 @pytest.mark.skipif(not os.path.exists(FMNIST), reason="needs Debian's dataset-fashion-mnist")
