@@ -11,10 +11,12 @@ for c in mlp-sym60 mlp-sym40 mlp-pair40 mlp-inst40; do
   famus compare --config configs/versus/$c.yaml --rows configs/versus/rows.yaml "${COMMON[@]}" \
     --steps 300,1200,2400 --late-from 1200 --out "$OUT/$c" --json "$OUT/$c.json"
 done
-# the convolutional network, 40% instance-dependent noise: the rows that fit (no MLC: the noise is not
-# class-conditional; L2R and MW-Net over SCE: the MLP columns say enough)
+# MW-Net over GCE and L2R, at 60% symmetric noise only
+famus compare --config configs/versus/mlp-sym60.yaml --rows configs/versus/rows-extra.yaml "${COMMON[@]}" \
+  --steps 300,1200,2400 --late-from 1200 --out "$OUT/mlp-sym60" --json "$OUT/mlp-sym60-extra.json"
+# the convolutional network, 40% instance-dependent noise: ERM, SCE and MW-Net (configs/versus/rows-conv.yaml)
 famus compare --config configs/versus/conv-inst40.yaml --rows configs/versus/rows-conv.yaml "${COMMON[@]}" \
-  --steps 250,750,1500 --late-from 750 --out "$OUT/conv-inst40" --json "$OUT/conv-inst40.json"
+  --steps 250,500,1500 --late-from 750 --out "$OUT/conv-inst40" --json "$OUT/conv-inst40.json"
 # the cost column, on a quiet machine (nothing else running)
-python3 scripts/versus_timing.py --config configs/versus/mlp-sym60.yaml --repeats 2 --json "$OUT/timing.json"
+python3 scripts/versus_timing.py --config configs/versus/mlp-sym60.yaml --repeats 1 --json "$OUT/timing.json"
 python3 scripts/versus_page.py "$OUT"

@@ -2,7 +2,8 @@
 
     python scripts/versus_page.py runs/versus > runs/versus/tables.md
 
-Reads ``OUT/<column>.json`` (one compare per column, rows of configs/versus/rows.yaml) and
+Reads ``OUT/<column>.json`` (one compare per column, rows of configs/versus/rows.yaml; ``OUT/<column>-extra.json``
+adds rows) and
 ``OUT/timing.json`` (scripts/versus_timing.py); prints markdown: the validation-chosen accuracy of every row
 in every column with the cost and whether it needs a trusted set, the last-epoch accuracy, and per column the
 weight quality of the meta methods.
@@ -40,6 +41,10 @@ ROWS = [  # (row, label, needs a trusted set)
 def _load(out: Path) -> tuple[dict[str, dict], dict | None]:
     files = {stem: out / f"{stem}.json" for stem, _ in COLUMNS}
     cols = {stem: json.loads(f.read_text()) for stem, f in files.items() if f.exists()}
+    for stem, data in cols.items():  # OUT/<column>-extra.json: more rows of the same column (rows-extra.yaml)
+        extra = out / f"{stem}-extra.json"
+        if extra.exists():
+            data["table"].update(json.loads(extra.read_text())["table"])
     timing = out / "timing.json"
     return cols, json.loads(timing.read_text()) if timing.exists() else None
 
