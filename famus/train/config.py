@@ -188,12 +188,12 @@ class TrainConfig:
         from famus.meta.recipe import default_recipe
 
         recipe = default_recipe(self.method if self.method in METHODS else "mwnet")
-        if self.meta_grad is None:
-            self.meta_grad = recipe.engine
         if self.meta_every is None:
             self.meta_every = recipe.every
         if self.meta_dense is None:
             self.meta_dense = recipe.dense
+        if self.meta_grad is None:  # lagged only where the schedule amortizes (--meta-every 1: the paper's step)
+            self.meta_grad = recipe.engine_for(self.meta_every)
 
     def _validate_optimisation(self) -> None:
         """Optimizer, schedule and precision choices."""

@@ -73,3 +73,7 @@ def test_unset_meta_update_keys_take_the_default_recipe():
     assert default_recipe("l2r").engine == "auto" and default_recipe("mwnet").engine == "auto+lagged"
     given = TrainConfig(dataset="digits", meta_grad="exact", meta_every=1).validate()
     assert (given.meta_grad, given.meta_every, given.meta_dense) == ("exact", 1, default_recipe("mwnet").dense)
+    # a meta update on every step (the paper's algorithm) takes the recipe's engine unlagged
+    every_step = TrainConfig(dataset="digits", meta_every=1, meta_dense=0).validate()
+    assert (every_step.meta_grad, every_step.meta_every) == ("auto", 1)
+    assert TrainConfig(dataset="digits", meta_every=3).validate().meta_grad == "auto+lagged"
