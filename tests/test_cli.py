@@ -212,12 +212,12 @@ def test_resume_hint_quotes_the_folder(tmp_path):
 def test_sigint_exits_130_with_the_resume_command(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "famus", "train", *RUN[:-6], "--epochs", "40", "--threads", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "famus", "train", *RUN[:-6], "--epochs", "400", "--threads", "1",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # 400 epochs: the run cannot end first, however loaded the machine
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert err.splitlines()[-1] == (f"famus train: interrupted; the last checkpoint is kept in {out / 'checkpoint.pt'}"
