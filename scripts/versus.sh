@@ -18,5 +18,6 @@ famus compare --config configs/versus/mlp-sym60.yaml --rows configs/versus/rows-
 famus compare --config configs/versus/conv-inst40.yaml --rows configs/versus/rows-conv.yaml "${COMMON[@]}" \
   --steps 250,500,1500 --late-from 750 --out "$OUT/conv-inst40" --json "$OUT/conv-inst40.json"
 # the cost column, on a quiet machine (nothing else running)
-python3 scripts/versus_timing.py --config configs/versus/mlp-sym60.yaml --repeats 1 --json "$OUT/timing.json"
+cat configs/versus/rows.yaml configs/versus/rows-extra.yaml > "$OUT/rows-all.yaml"
+python3 scripts/versus_timing.py --config configs/versus/mlp-sym60.yaml --rows "$OUT/rows-all.yaml" --repeats 1 --json "$OUT/timing.json"
 python3 scripts/versus_page.py "$OUT"

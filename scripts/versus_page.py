@@ -31,10 +31,13 @@ ROWS = [  # (row, label, needs a trusted set)
     ("dividemix", "DivideMix", False),
     ("mwnet-pseudo", "MW-Net, pseudo-clean meta set (the paper's recipe)", False),
     ("mwnet", "MW-Net, default recipe", True),
-    ("mwnet-gce", "MW-Net over GCE", True),
-    ("mwnet-sce", "MW-Net over SCE", True),
+    ("mwnet-every1", "MW-Net, every step", True),
+    ("mwnet-gce", "MW-Net over GCE, default recipe", True),
+    ("mwnet-sce", "MW-Net over SCE, default recipe", True),
+    ("mwnet-sce-every1", "MW-Net over SCE, every step", True),
     ("mlc", "MLC, default recipe", True),
-    ("l2r", "L2R", True),
+    ("mlc-every1", "MLC, every step", True),
+    ("l2r", "L2R (every step)", True),
 ]
 
 
@@ -100,6 +103,9 @@ def quality_table(cols: dict[str, dict]) -> str:
                 cells.append("-")
                 continue
             any_value = True
+            if a["mean"] == 0.5 and a["std"] == 0:  # MLC: uniform weights (it corrects labels instead)
+                cells.append("n/a (uniform weights)")
+                continue
             onset = f", onset {o['mean']:.0f}" if o else ""
             cells.append(f"{a['mean']:.3f} ± {a['std']:.3f}{onset}")
         if any_value:
