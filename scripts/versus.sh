@@ -11,7 +11,7 @@ for c in mlp-sym60 mlp-sym40 mlp-pair40 mlp-inst40; do
   famus compare --config configs/versus/$c.yaml --rows configs/versus/rows.yaml "${COMMON[@]}" \
     --steps 300,1200,2400 --late-from 1200 --out "$OUT/$c" --json "$OUT/$c.json"
 done
-# MW-Net over GCE and L2R, at 60% symmetric noise only
+# MW-Net over GCE, at 60% symmetric noise only
 famus compare --config configs/versus/mlp-sym60.yaml --rows configs/versus/rows-extra.yaml "${COMMON[@]}" \
   --steps 300,1200,2400 --late-from 1200 --out "$OUT/mlp-sym60" --json "$OUT/mlp-sym60-extra.json"
 # the convolutional network, 40% instance-dependent noise: ERM, SCE and MW-Net (configs/versus/rows-conv.yaml)
