@@ -75,7 +75,7 @@ def test_a_bar_on_a_terminal_lines_elsewhere(monkeypatch):
 
 def test_train_into_a_file_writes_one_line_per_log_window(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", *RUN, "--set", "log_every=5", "--out", str(out)]) == 0
+    assert main(["train", *RUN, "--method", "mwnet", "--set", "log_every=5", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b" not in err
     lines = err.splitlines()

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from famus.cli import main
-from famus.demo import NO_TRUSTED, RUNS, SETTING
+from famus.demo import NO_TRUSTED, RUNS, SETTING, TRUSTED
 from famus.train.config import load_config
 
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
@@ -29,6 +29,7 @@ def test_demo_setting_is_the_versus_page_config():
     from famus.train.methods import RECOMMENDED
 
     assert {k: NO_TRUSTED[1][k] for k in ("method", "loss")} == RECOMMENDED["no trusted set"]
+    assert TRUSTED[1] == RECOMMENDED["trusted"]
 
 
 @pytest.mark.skipif(not os.path.exists(FMNIST), reason="needs Debian's dataset-fashion-mnist")
@@ -46,6 +47,6 @@ def test_quick_demo(tmp_path, capsys):
     assert rows[0]["weight_auroc"] is None and all(0 <= r["weight_auroc"] <= 1 for r in rows[1:3])
     labels = [(out / folder / "noisy_labels.pt").read_bytes() for _, folder, keys in RUNS
               if keys.get("meta_per_class") != 0]
-    assert len(labels) == 3 and all(x == labels[0] for x in labels)  # with a trusted set: the same noisy labels
+    assert len(labels) == 4 and all(x == labels[0] for x in labels)  # with a trusted set: the same noisy labels
     assert (out / "report" / "index.html").stat().st_size > 1000
     assert main(["demo", "--quick", "--out", str(out)]) != 0  # refuses to overwrite

@@ -56,7 +56,7 @@ def test_unset_method_and_loss_take_the_recommended_recipe():
     none = TrainConfig(dataset="digits", meta_per_class=0).validate()
     assert (none.method, none.loss) == (RECOMMENDED["no trusted set"]["method"], RECOMMENDED["no trusted set"]["loss"])
     pseudo = TrainConfig(dataset="digits", meta_set="pseudo").validate()
-    assert (pseudo.method, pseudo.loss) == ("mwnet", "ce")
+    assert (pseudo.method, pseudo.loss) == (RECOMMENDED["pseudo"]["method"], RECOMMENDED["pseudo"]["loss"])
     # a method given keeps its plain loss; a loss given is kept
     assert TrainConfig(dataset="digits", method="erm", meta_per_class=0).validate().loss == "ce"
     assert TrainConfig(dataset="digits", meta_per_class=0, loss="gce").validate().loss == "gce"
@@ -71,9 +71,9 @@ def test_unset_meta_update_keys_take_the_default_recipe():
         r = default_recipe(method)
         assert (cfg.meta_grad, cfg.meta_every, cfg.meta_dense) == (r.engine, r.every, r.dense)
     assert default_recipe("l2r").engine == "auto" and default_recipe("mwnet").engine == "auto+lagged"
-    given = TrainConfig(dataset="digits", meta_grad="exact", meta_every=1).validate()
+    given = TrainConfig(dataset="digits", method="mwnet", meta_grad="exact", meta_every=1).validate()
     assert (given.meta_grad, given.meta_every, given.meta_dense) == ("exact", 1, default_recipe("mwnet").dense)
     # a meta update on every step (the paper's algorithm) takes the recipe's engine unlagged
-    every_step = TrainConfig(dataset="digits", meta_every=1, meta_dense=0).validate()
+    every_step = TrainConfig(dataset="digits", method="mwnet", meta_every=1, meta_dense=0).validate()
     assert (every_step.meta_grad, every_step.meta_every) == ("auto", 1)
-    assert TrainConfig(dataset="digits", meta_every=3).validate().meta_grad == "auto+lagged"
+    assert TrainConfig(dataset="digits", method="mwnet", meta_every=3).validate().meta_grad == "auto+lagged"

@@ -170,8 +170,8 @@ def main_raise(argv):
 
 def test_track_every_then_report(tmp_path):
     out = tmp_path / "run"
-    assert main(["train", *BASE, *NOISE, "--epochs", "1", "--meta-grad", "famus", "--track-every", "5",
-                 "--out", str(out)]) == 0
+    assert main(["train", *BASE, *NOISE, "--epochs", "1", "--method", "mwnet", "--meta-grad", "famus",
+                 "--track-every", "5", "--out", str(out)]) == 0
     rows = [json.loads(x) for x in (out / "tracking.jsonl").read_text().splitlines()]
     assert rows and all(-1.0001 <= r["meta_grad"]["cosine"] <= 1.0001 for r in rows)
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
