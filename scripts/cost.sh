@@ -17,9 +17,14 @@ variant() {  # name, engine, then --set overrides over the recipe (its schedule:
     --out "$OUT/quality/$name" --json "$OUT/quality/$name.json"
   famus compare --config $C --engines "$engine" "${CS[@]}" --no-erm "$@" --out "$OUT/conv/$name" --json "$OUT/conv/$name.json"
 }
-variant default auto                                  # the default recipe: dense for 200 steps, then every 5th
+variant default auto+lagged                           # the default recipe: dense for 200 steps, then every 5th
+variant unlagged auto
 variant d200k10 auto --set meta_every=10
-variant lagged auto+lagged
+# the MLP of docs/versus.md: the schedules against exact every step
+for c in mlp-sym60 mlp-pair40; do
+  famus compare --config configs/versus/$c.yaml --rows configs/cost/mlp-variants.yaml --seeds 1,2,3 --jobs 2 --threads 1 \
+    --no-erm --steps 300,1200,2400 --late-from 1200 --out "$OUT/mlp/$c" --json "$OUT/mlp/$c.json"
+done
 # 2. cost, on a quiet machine (nothing else running): every engine and the recipe side by side in one process
 famus bench --model resnet32 --input-shape 3,32,32 --batch-size 100 --method mwnet --threads 1 --repeats 7 \
   --engines exact,fd,famus,famus-fd,jvp,auto,fd+lagged,famus-fd+lagged,default --json "$OUT/bench-resnet32.json"
@@ -27,8 +32,10 @@ famus bench --model small-resnet --input-shape 1,28,28 --batch-size 100 --method
   --engines exact,fd,famus,auto,default --steps 1500 --json "$OUT/bench-small-resnet.json"
 famus bench --model mlp --input-shape 1,28,28 --batch-size 100 --method mwnet --threads 1 --repeats 30 \
   --engines exact,fd,famus,auto,default --steps 2400 --json "$OUT/bench-mlp.json"
-# 3. the two-thirds claim end to end: exact every step against the default recipe, seed 1, each run alone
-famus train --config $C --meta-grad exact --meta-every 1 --meta-dense 0 --threads 1 --out "$OUT/alone/exact"
-famus train --config $C --threads 1 --out "$OUT/alone/default"
-famus train --config $C --method erm --threads 1 --out "$OUT/alone/erm"
+# 3. the two-thirds claim end to end: exact every step and the default recipe side by side (one thread each,
+#    nothing else running), then ERM beside the rest of the exact run; seed 1 (the config's)
+famus train --config $C --meta-grad exact --meta-every 1 --meta-dense 0 --threads 1 --quiet --out "$OUT/alone/exact" &
+{ famus train --config $C --threads 1 --quiet --out "$OUT/alone/default"
+  famus train --config $C --method erm --threads 1 --quiet --out "$OUT/alone/erm"; } &
+wait
 famus report "$OUT/alone/erm" "$OUT/alone/exact" "$OUT/alone/default" --out "$OUT/alone/report"
