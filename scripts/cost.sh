@@ -22,7 +22,7 @@ variant unlagged auto
 variant d200k10 auto --set meta_every=10
 # the MLP of docs/versus.md: the schedules against exact every step
 for c in mlp-sym60 mlp-pair40; do
-  famus compare --config configs/versus/$c.yaml --rows configs/cost/mlp-variants.yaml --seeds 1,2,3 --jobs 2 --threads 1 \
+  famus compare --config configs/versus/$c.yaml --rows configs/versus/rows-cost-mlp.yaml --seeds 1,2,3 --jobs 2 --threads 1 \
     --no-erm --steps 300,1200,2400 --late-from 1200 --out "$OUT/mlp/$c" --json "$OUT/mlp/$c.json"
 done
 # 2. cost, on a quiet machine (nothing else running): every engine and the recipe side by side in one process

@@ -143,8 +143,10 @@ def torchrun(args: list[str], timeout: float, **env) -> subprocess.CompletedProc
     """``torchrun --standalone --nproc_per_node 2 -m famus train ARGS`` (a free port is picked)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "famus", "train", *args]
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True,
-                          text=True, timeout=timeout)
+    # PYTHONHASHSEED 0: the interpreter's teardown order under which a rank used to abort at exit ("terminate
+    # called without an active exception") while the group's store outlived destroy_process_group
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", **env}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 CLI = ["--dataset", "digits", "--model", "lenet", "--set", "model_options.width=4", "--set", "model_options.hidden=16",

@@ -7,6 +7,7 @@ initialized, so code that asks them runs unchanged without ``torch.distributed``
 from __future__ import annotations
 
 import datetime
+import gc
 import inspect
 import os
 from collections.abc import Iterator
@@ -106,6 +107,7 @@ def process_group(device: torch.device | str, timeout_s: float = DEFAULT_TIMEOUT
         abandon()
         raise
     dist.destroy_process_group()
+    gc.collect()  # what still holds the group's store or threads goes now, not in the interpreter's teardown
 
 
 def abandon() -> None:
