@@ -14,7 +14,7 @@ done
 # MW-Net over GCE, at 60% symmetric noise only
 famus compare --config configs/versus/mlp-sym60.yaml --rows configs/versus/rows-extra.yaml "${COMMON[@]}" \
   --steps 300,1200,2400 --late-from 1200 --out "$OUT/mlp-sym60" --json "$OUT/mlp-sym60-extra.json"
-# the convolutional network, 40% instance-dependent noise: ERM, SCE and MW-Net (configs/versus/rows-conv.yaml)
+# the convolutional network, 40% instance-dependent noise: ERM, SCE, MW-Net and L2R (configs/versus/rows-conv.yaml)
 famus compare --config configs/versus/conv-inst40.yaml --rows configs/versus/rows-conv.yaml "${COMMON[@]}" \
   --steps 250,500,1500 --late-from 750 --out "$OUT/conv-inst40" --json "$OUT/conv-inst40.json"
 # the cost column, on a quiet machine (nothing else running)
