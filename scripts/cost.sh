@@ -9,7 +9,7 @@ QS=(--seeds 1,2,3 --jobs 2 --threads 1 --steps 150,300,450 --late-from 300)
 CS=(--seeds 1,2,3 --jobs 2 --threads 1 --steps 250,500,1500 --late-from 750)
 # 1. learning quality: the paper's algorithm (a meta update every step) against the default recipe and its variants
 famus compare --config $Q --engines exact,fd,famus "${QS[@]}" --out "$OUT/quality/perstep" --json "$OUT/quality/perstep.json"
-famus compare --config $C --engines exact,fd,famus "${CS[@]}" --set meta_every=1 --set meta_dense=0 \
+famus compare --config $C --engines exact "${CS[@]}" --set meta_every=1 --set meta_dense=0 \
   --out "$OUT/conv/perstep" --json "$OUT/conv/perstep.json"
 variant() {  # name, engine, then --set overrides over the recipe (its schedule: meta_every and meta_dense unset)
   local name=$1 engine=$2; shift 2
@@ -19,7 +19,8 @@ variant() {  # name, engine, then --set overrides over the recipe (its schedule:
 }
 variant default auto+lagged                           # the default recipe: dense for 200 steps, then every 5th
 variant unlagged auto
-variant d200k10 auto --set meta_every=10
+famus compare --config $Q --engines auto "${QS[@]}" --no-erm --set meta_every=10 --set meta_dense=null \
+  --out "$OUT/quality/d200k10" --json "$OUT/quality/d200k10.json"    # every 10th: the quality config only
 # the MLP of docs/versus.md: the schedules against exact every step
 for c in mlp-sym60 mlp-pair40; do
   famus compare --config configs/versus/$c.yaml --rows configs/versus/rows-cost-mlp.yaml --seeds 1,2,3 --jobs 2 --threads 1 \

@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n### Weight AUROC of the meta methods (mean over the second half's log windows) and onset step\n")
     print(quality_table(cols))
     if timing:
+        n = timing["repeats"]
+        rounds = "each row timed once" if n == 1 else f"median of {n} interleaved rounds"
         print(f"\nCost: training time as a multiple of ERM's on `{timing['config']}` (one thread, one run at a "
-              f"time, median of {timing['repeats']} interleaved rounds; ERM {timing['erm_s']:.1f} s).")
+              f"time, {rounds}; ERM {timing['erm_s']:.1f} s).")
     return 0
 
 

@@ -70,8 +70,8 @@ class Recipe:
 
 
 # Measured in docs/cost.md: dense for the first 200 steps after the warm-up (the weighting forms in
-# 75-150 meta updates on every setting measured), then every 5th step, lagged: 1.31x an ERM step on
-# the ResNet-32 bench amortized over 20,000 steps (1.50x without the lag), weighting as exact's.
+# 75-150 meta updates on every setting measured), then every 5th step, lagged: 1.30x an ERM step on
+# the ResNet-32 bench amortized over 20,000 steps (docs/cost.md), weighting as exact's.
 DENSE_STEPS = 200
 EVERY = 5
 ENGINE = "auto"
